@@ -1,0 +1,123 @@
+"""The backend registry: which implementations exist, which work here, and why not.
+
+Backends are imported lazily, on first use, so importing refdcn never needs a
+GPU, numba, numba-cuda, torch or the compiled Cython extension.
+
+>>> import refdcn
+>>> "reference" in refdcn.backends.available()
+True
+
+Every backend module provides::
+
+    NAME, DESCRIPTION
+    DEVICE = "cpu" | "cuda"     (optional, default "cpu")
+    forward(input, offset, mask, weight, bias, geom, dtype) -> output
+    backward(grad_output, input, offset, mask, weight, bias, geom, dtype, convention)
+        -> (grad_input, grad_offset, grad_mask, grad_weight, grad_bias)
+
+and may raise :class:`BackendUnavailable` (or ImportError) at import time,
+with the reason and how to fix it.
+"""
+
+import importlib
+
+__all__ = ["BackendUnavailable", "REGISTRY", "INSTALL_HINTS", "available", "unavailable",
+           "get", "describe", "fastest_cpu"]
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend that cannot run here; the message says why and how to fix it."""
+
+
+#: name -> module implementing it, in order of preference for ``backend="auto"``
+#: (the order is measured: see ``refdcn bench`` and the README).
+REGISTRY = {
+    "reference": "refdcn.reference.loops",
+    "numpy": "refdcn.reference.im2col",
+    "numba": "refdcn.backends.numba_cpu",
+    "cython": "refdcn.backends.cython_cpu",
+    "cuda": "refdcn.backends.numba_cuda",
+}
+
+#: How to make each optional backend available.
+INSTALL_HINTS = {
+    "numba": "pip install numba",
+    "cython": "reinstall refdcn from source with a C compiler: pip install .",
+    "cuda": "pip install 'refdcn[cuda]' (numba-cuda) on a machine with an NVIDIA GPU and driver, "
+            "or set NUMBA_ENABLE_CUDASIM=1 to run on the CUDA simulator",
+}
+
+#: Preference order of CPU backends for ``backend="auto"``, fastest first.
+#: Measured by ``refdcn bench`` on a 2-core machine (README, "Speed").
+AUTO_ORDER = ("numba", "cython", "numpy")
+
+_modules = {}
+_errors = {}
+
+
+def _load(name):
+    if name in _modules:
+        return _modules[name]
+    if name in _errors:
+        return None
+    try:
+        module = importlib.import_module(REGISTRY[name])
+    except (ImportError, BackendUnavailable, OSError) as exc:
+        reason = str(exc) or type(exc).__name__
+        hint = INSTALL_HINTS.get(name)
+        _errors[name] = f"{reason} (to enable: {hint})" if hint and hint not in reason else reason
+        return None
+    _modules[name] = module
+    return module
+
+
+def available():
+    """Names of the backends that work here, in registry order."""
+    return [name for name in REGISTRY if _load(name) is not None]
+
+
+def unavailable():
+    """``{name: reason}`` for every backend that does not work here."""
+    for name in REGISTRY:
+        _load(name)
+    return {name: _errors[name] for name in REGISTRY if name in _errors}
+
+
+def fastest_cpu():
+    """The backend ``backend="auto"`` uses: the first available of :data:`AUTO_ORDER`."""
+    for name in AUTO_ORDER:
+        if _load(name) is not None:
+            return name
+    return "numpy"
+
+
+def get(name):
+    """The module of backend ``name``; ``"auto"`` means :func:`fastest_cpu`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    BackendUnavailable
+        For a backend that does not work here, saying why and how to enable it.
+    """
+    if name == "auto":
+        name = fastest_cpu()
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise ValueError(f"backend must be 'auto' or one of {list(REGISTRY)}; got {name!r}")
+    module = _load(name)
+    if module is None:
+        raise BackendUnavailable(f"backend {name!r} is not available here: {_errors[name]}")
+    return module
+
+
+def describe():
+    """Rows ``(name, status, detail)`` for every registered backend."""
+    rows = []
+    missing = unavailable()
+    for name in REGISTRY:
+        if name in missing:
+            rows.append((name, "unavailable", missing[name]))
+        else:
+            rows.append((name, "available", _modules[name].DESCRIPTION))
+    return rows

@@ -1,0 +1,190 @@
+"""The im2col reference: deformable im2col / col2im in vectorised NumPy.
+
+Backend ``"numpy"``.  This is how every fast implementation is organised
+(torchvision, mmcv, refdcn's compiled backends): the deformable sampling
+writes a *column matrix*, one row per (input channel, kernel tap) and one
+column per output pixel, and the convolution itself becomes a matrix product
+(:mod:`refdcn.blocking` drives both).  Here each step is whole-array NumPy, so
+it reads as the math: gather four corners, weight them, sum.
+
+The arithmetic (sampling points, corner weights, interpolation and its
+derivatives) is the scalar code of :mod:`refdcn.bilinear` applied to arrays;
+only :func:`locate_all` (the vectorised ``locate``) and the corner gather are
+array-specific.  It computes in the inputs' dtype (float32 or float64), with
+sampling coordinates in float64, and agrees with the loop reference to
+~1e-15 relative in float64.
+"""
+
+import numpy as np
+
+from .. import blocking
+from ..bilinear import (BORDER_TORCHVISION, OUTSIDE, corner_weights, interpolate,
+                        interpolate_gradient, sampling_point)
+
+NAME = "numpy"
+DESCRIPTION = "vectorised NumPy im2col/col2im + one matrix product per group"
+
+#: The four corners in the order of :func:`refdcn.bilinear.corners`.
+CORNERS = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
+def sampling_grid(offset, geom):
+    """Sampling points of every (image, offset group, tap, output pixel).
+
+    Parameters
+    ----------
+    offset : ndarray, shape (B, 2*D*kh*kw, H_out, W_out)
+
+    Returns
+    -------
+    y, x : ndarray, shape (B, D, kh*kw, H_out*W_out), float64
+    """
+    B, D, K = offset.shape[0], geom.offset_groups, geom.taps
+    off = offset.reshape(B, D, K, 2, geom.out_h, geom.out_w).astype(np.float64)
+    tap = np.arange(K)
+    i = (tap // geom.kw)[:, None, None]
+    j = (tap % geom.kw)[:, None, None]
+    oy = np.arange(geom.out_h)[:, None]
+    ox = np.arange(geom.out_w)[None, :]
+    y = sampling_point(oy, geom.stride[0], geom.padding[0], i, geom.dilation[0], off[:, :, :, 0])
+    x = sampling_point(ox, geom.stride[1], geom.padding[1], j, geom.dilation[1], off[:, :, :, 1])
+    shape = (B, D, K, geom.out_pixels)
+    return y.reshape(shape), x.reshape(shape)
+
+
+def locate_all(y, x, height, width, closed_at_minus_one):
+    """Vectorised :func:`refdcn.bilinear.locate`.
+
+    Returns ``(y0, x0, ly, lx)``; an inactive point gets ``y0 = x0 = OUTSIDE``
+    and ``ly = lx = 0`` (so no corner is inside and its value is 0), a NaN
+    point gets ``OUTSIDE`` and NaN fractions.
+    """
+    with np.errstate(invalid="ignore"):
+        if closed_at_minus_one:
+            inside = (y >= -1) & (y < height) & (x >= -1) & (x < width)
+        else:
+            inside = (y > -1) & (y < height) & (x > -1) & (x < width)
+        yf = np.floor(np.where(inside, y, 0.0))
+        xf = np.floor(np.where(inside, x, 0.0))
+        nan = np.isnan(y) | np.isnan(x)
+        ly = np.where(inside, y - yf, np.where(nan, np.nan, 0.0))
+        lx = np.where(inside, x - xf, np.where(nan, np.nan, 0.0))
+    y0 = np.where(inside, yf, OUTSIDE).astype(np.intp)
+    x0 = np.where(inside, xf, OUTSIDE).astype(np.intp)
+    return y0, x0, ly, lx
+
+
+def _corner_index(y0, x0, a, b, height, width):
+    """Flat pixel index of corner (a, b) and whether it is inside the image."""
+    yy, xx = y0 + a, x0 + b
+    valid = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
+    return np.where(valid, yy * width + xx, 0), valid
+
+
+def gather_corners(planes, y0, x0, height, width):
+    """Vectorised :func:`refdcn.bilinear.corners` for a stack of planes.
+
+    planes : (B, D, C/D, H*W); y0, x0 : (B, D, L) -> four arrays (B, D, C/D, L).
+    """
+    values = []
+    for a, b in CORNERS:
+        flat, valid = _corner_index(y0, x0, a, b, height, width)
+        v = np.take_along_axis(planes, flat[:, :, None, :], axis=3)
+        values.append(np.where(valid[:, :, None, :], v, 0.0))
+    return values
+
+
+def _by_offset_group(array, geom):
+    """(B, C_in, ...) viewed as (B, D, C_in/D, rest)."""
+    return array.reshape(array.shape[0], geom.offset_groups, geom.in_per_offset_group, -1)
+
+
+def _mask_or_one(mask, geom):
+    if mask is None:
+        return 1.0
+    return mask.reshape(mask.shape[0], geom.offset_groups, 1, -1)
+
+
+def im2col(input, offset, mask, geom, dtype):
+    """Deformable im2col: ``columns[b, c*K + k, p] = m * S(input[b, c], y, x)``.
+
+    Shapes: input (B, C_in, H, W), offset (B, 2*D*K, H_out, W_out),
+    mask (B, D*K, H_out, W_out) or None -> columns (B, C_in*K, H_out*W_out).
+    """
+    y, x = sampling_grid(offset, geom)
+    B, D, K, P = y.shape
+    y0, x0, ly, lx = locate_all(y.reshape(B, D, K * P), x.reshape(B, D, K * P),
+                                geom.height, geom.width, False)
+    planes = _by_offset_group(input, geom)
+    v00, v01, v10, v11 = gather_corners(planes, y0, x0, geom.height, geom.width)
+    value = interpolate(v00, v01, v10, v11, ly[:, :, None], lx[:, :, None])
+    columns = (_mask_or_one(mask, geom) * value).astype(dtype, copy=False)
+    return columns.reshape(B, geom.in_channels * K, P)
+
+
+def col2im(grad_columns, offset, mask, geom, grad_input):
+    """Adjoint of :func:`im2col`: scatter ``m * w_ab * grad_columns`` to the corners.
+
+    Writes ``grad_input`` (B, C_in, H, W) (assumed zero on entry).  Sums with
+    ``np.bincount``: sequential, so deterministic.
+    """
+    y, x = sampling_grid(offset, geom)
+    B, D, K, P = y.shape
+    y0, x0, ly, lx = locate_all(y.reshape(B, D, K * P), x.reshape(B, D, K * P),
+                                geom.height, geom.width, False)
+    contrib = _by_offset_group(grad_columns, geom) * _mask_or_one(mask, geom)
+    HW = geom.height * geom.width
+    plane_index = np.arange(B * geom.in_channels).reshape(B, D, -1, 1) * HW
+    total = np.zeros(B * geom.in_channels * HW)
+    for (a, b), w in zip(CORNERS, corner_weights(ly, lx)):
+        flat, valid = _corner_index(y0, x0, a, b, geom.height, geom.width)
+        values = np.where(valid[:, :, None, :], w[:, :, None, :] * contrib, 0.0)
+        total += np.bincount((plane_index + flat[:, :, None, :]).ravel(),
+                             weights=values.ravel(), minlength=total.size)
+    grad_input[...] = total.reshape(grad_input.shape)
+
+
+def coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
+                         grad_offset, grad_mask):
+    """Offset and mask gradients, summed over the channels of each offset group.
+
+    ``grad_offset[b, 2kk]   = m * sum_c grad_columns[b, c, k] * dS_c/dy``
+    ``grad_offset[b, 2kk+1] = m * sum_c grad_columns[b, c, k] * dS_c/dx``
+    ``grad_mask[b, kk]      =     sum_c grad_columns[b, c, k] * S_c``
+    """
+    y, x = sampling_grid(offset, geom)
+    B, D, K, P = y.shape
+    y0, x0, ly, lx = locate_all(y.reshape(B, D, K * P), x.reshape(B, D, K * P),
+                                geom.height, geom.width, convention == BORDER_TORCHVISION)
+    planes = _by_offset_group(input, geom)
+    v = gather_corners(planes, y0, x0, geom.height, geom.width)
+    ly, lx = ly[:, :, None], lx[:, :, None]
+    d_dy, d_dx = interpolate_gradient(*v, ly, lx)
+    g = _by_offset_group(grad_columns, geom)
+    m = _mask_or_one(mask, geom)
+    go = grad_offset.reshape(B, D, K, 2, P)
+    go[:, :, :, 0] = (m * (g * d_dy).sum(axis=2, keepdims=True)).reshape(B, D, K, P)
+    go[:, :, :, 1] = (m * (g * d_dx).sum(axis=2, keepdims=True)).reshape(B, D, K, P)
+    if grad_mask is not None:
+        value = interpolate(*v, ly, lx)
+        grad_mask.reshape(B, D, K * P)[...] = (g * value).sum(axis=2)
+
+
+def forward(input, offset, mask, weight, bias, geom, dtype):
+    """Forward pass (see :func:`refdcn.blocking.forward`)."""
+    return blocking.forward(_KERNELS, input, offset, mask, weight, bias, geom, dtype)
+
+
+def backward(grad_output, input, offset, mask, weight, bias, geom, dtype, convention):
+    """The five gradients (see :func:`refdcn.blocking.backward`)."""
+    return blocking.backward(_KERNELS, grad_output, input, offset, mask, weight, bias, geom,
+                             dtype, convention)
+
+
+class _Kernels:
+    im2col = staticmethod(im2col)
+    col2im = staticmethod(col2im)
+    coordinate_gradients = staticmethod(coordinate_gradients)
+
+
+_KERNELS = _Kernels()
