@@ -141,6 +141,7 @@ def _check_ndim(a, name, ndim, layout):
         raise TypeError(f"{name} must be an array of shape {layout}; got None")
     if not hasattr(a, "shape") or not hasattr(a, "dtype"):
         raise TypeError(f"{name} must be an array of shape {layout}; got {type(a).__name__}")
+    _dtype_kind(a, name)
     if len(a.shape) != ndim:
         raise ValueError(f"{name} must be {ndim}-D {layout}; got shape {_shape(a)}")
 
@@ -179,10 +180,6 @@ def check_arguments(input, offset, weight, bias, stride, padding, dilation, mask
         _check_ndim(mask, "mask", 4, "(N, offset_groups*kh*kw, H_out, W_out)")
     if bias is not None:
         _check_ndim(bias, "bias", 1, "(C_out,)")
-    for a, name in ((input, "input"), (offset, "offset"), (weight, "weight"),
-                    (mask, "mask"), (bias, "bias")):
-        if a is not None:
-            _dtype_kind(a, name)
 
     sh, sw = as_pair(stride, "stride", 1)
     ph, pw = as_pair(padding, "padding", 0)
@@ -234,7 +231,6 @@ def check_arguments(input, offset, weight, bias, stride, padding, dilation, mask
 def check_grad_output(grad_output, geom):
     """Check that ``grad_output`` has the output's shape (N, C_out, H_out, W_out)."""
     _check_ndim(grad_output, "grad_output", 4, "(N, C_out, H_out, W_out)")
-    _dtype_kind(grad_output, "grad_output")
     expected = (geom.batch, geom.out_channels, geom.out_h, geom.out_w)
     if _shape(grad_output) != expected:
         raise ValueError(f"grad_output must have the output's shape (N, C_out, H_out, W_out) = "

@@ -48,7 +48,11 @@ class Case:
 
     def astype(self, dtype):
         """A copy with every array converted to ``dtype``."""
-        conv = lambda a: None if a is None else np.asarray(a).astype(dtype)
+        def conv(a):
+            if a is None:
+                return None
+            with np.errstate(over="ignore"):      # 1e300 -> inf in float32 is intended
+                return np.asarray(a).astype(dtype)
         return replace(self, input=conv(self.input), offset=conv(self.offset),
                        weight=conv(self.weight), bias=conv(self.bias), mask=conv(self.mask),
                        grad_output=conv(self.grad_output))
