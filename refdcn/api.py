@@ -95,9 +95,10 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
 
     Non-finite values: an offset of +-inf (or any huge offset, 1e6, 1e30)
     samples outside the image and contributes 0; a NaN offset makes the
-    outputs that use it NaN; mask values enter by IEEE multiplication (NaN or
-    inf masks give NaN or inf outputs).  No backend reads or writes outside its
-    arrays for any of these.
+    outputs that use it NaN; mask values enter by IEEE multiplication (a NaN
+    mask gives NaN, an infinite one inf or NaN, depending on the summation
+    order of the backend).  No backend reads or writes outside its arrays for
+    any of these.
 
     Examples
     --------
