@@ -110,7 +110,8 @@ def absolute_scales(grad_output, input, offset, weight, bias, stride, padding, d
     gg = ag.reshape(N, geom.groups, geom.out_per_group, P)
     col = np.einsum("gor,ngop->ngrp", wg, gg).reshape(N, geom.offset_groups,
                                                        geom.in_per_offset_group, K, P)
-    plane_max = ax.reshape(N, geom.offset_groups, geom.in_per_offset_group, -1).max(axis=3)
+    plane_max = ax.reshape(N, geom.offset_groups, geom.in_per_offset_group,
+                           geom.height * geom.width).max(axis=3)
     per_tap = np.einsum("ndckp,ndc->ndkp", col, 2 * plane_max)
     if am is not None:
         per_tap = per_tap * am.reshape(N, geom.offset_groups, K, P)

@@ -1,0 +1,86 @@
+"""``refdcn verify IMPL``: check another implementation against the conformance cases.
+
+IMPL is ``torchvision``, ``onnxruntime``, ``onnx-reference``, ``mmcv``, a refdcn
+backend (``refdcn:numpy`` or just ``numpy``), or ``package.module:function`` with
+torchvision's signature on NumPy arrays.  Prints one row per case and, for each
+failing case, where it is wrong and which known convention explains it.
+Exit status: 0 all cases pass, 1 a case fails, 2 a usage error.
+"""
+
+import numpy as np
+
+from .. import api, backends, conformance
+
+HELP = "check another implementation (torchvision, onnxruntime, mmcv, your function) " \
+       "and say what is wrong"
+
+
+def add_arguments(parser):
+    parser.add_argument("impl", nargs="?", metavar="IMPL",
+                        help="torchvision | onnxruntime | onnx-reference | mmcv | refdcn:BACKEND "
+                             "| package.module:function (torchvision's signature on NumPy "
+                             "arrays: f(input, offset, weight, bias=None, stride=(1, 1), "
+                             "padding=(0, 0), dilation=(1, 1), mask=None) -> output)")
+    parser.add_argument("--backward", metavar="package.module:function",
+                        help="gradients of a Python IMPL: g(grad_output, input, offset, weight, "
+                             "bias, stride, padding, dilation, mask) -> (grad_input, "
+                             "grad_offset, grad_mask, grad_weight, grad_bias) or a mapping "
+                             "with keys input, offset, mask, weight, bias")
+    parser.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                        help="dtype of the inputs handed to IMPL (default float64)")
+    parser.add_argument("--convention", choices=sorted(api.CONVENTIONS),
+                        help="offset-gradient convention the gradients must follow (default: "
+                             "IMPL's own: mmcv for mmcv, torchvision otherwise)")
+    parser.add_argument("--case", action="append", metavar="TEXT",
+                        help="only cases whose name contains TEXT (repeatable)")
+    parser.add_argument("--rtol", type=float, metavar="R",
+                        help="pass when the normwise relative error max|a-e|/max|e| <= R "
+                             "(default: 1e-12 for float64, the derived element-wise float32 "
+                             "bounds for float32)")
+    parser.add_argument("--forward-only", action="store_true",
+                        help="do not check gradients even if IMPL has them")
+    parser.add_argument("--opset", type=int, default=19, choices=[19, 22],
+                        help="ONNX opset of the DeformConv model (onnxruntime, onnx-reference)")
+    parser.add_argument("--json", action="store_true",
+                        help="print a machine-readable JSON report instead of the table")
+    parser.add_argument("--verbose", action="store_true",
+                        help="describe every failing case in full")
+    parser.add_argument("--list", action="store_true",
+                        help="list the conformance cases and the built-in adapters, then exit")
+
+
+def _list():
+    from ..verify.adapters import BUILTIN
+    print("conformance cases:")
+    for c in conformance.CASES:
+        print(f"  {c.name:<28} {c.catches}")
+    print("built-in adapters: " + ", ".join(BUILTIN))
+    missing = backends.unavailable()
+    print("refdcn backends: " + ", ".join(
+        f"refdcn:{b}" + (" (unavailable)" if b in missing else "") for b in backends.REGISTRY))
+    return 0
+
+
+def run(args):
+    from ..cli import UsageError
+    from ..verify import AdapterUnavailable, Tolerance, resolve, verify
+    from ..verify.report import format_json, format_text
+    if args.list:
+        return _list()
+    if not args.impl:
+        raise UsageError("IMPL is required (try: refdcn verify torchvision; refdcn verify --list)")
+    cases = conformance.select(args.case)
+    if not cases:
+        raise UsageError(f"no conformance case matches {args.case}; known: "
+                         f"{', '.join(conformance.names())}")
+    if args.rtol is not None and not args.rtol >= 0:
+        raise UsageError(f"--rtol must be a non-negative number; got {args.rtol}")
+    try:
+        impl = resolve(args.impl, args.backward, opset=args.opset)
+    except AdapterUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    dtype = np.dtype(args.dtype)
+    report = verify(impl, cases, dtype, args.convention, Tolerance(dtype, args.rtol),
+                    gradients=not args.forward_only)
+    print(format_json(report) if args.json else format_text(report, args.verbose))
+    return report.exit_code()
