@@ -1,0 +1,1 @@
+"""Benchmarks of refdcn against its peers (``refdcn bench``)."""
