@@ -251,6 +251,36 @@ interpolate_gradient = DEVICE_FUNCTIONS["interpolate_gradient"]
 
 _TORCHVISION = bilinear.BORDER_TORCHVISION
 
+
+@cuda.jit(device=True)
+def _sample_index(t, g):
+    """Sample index t -> (image in block bl, offset group d, tap k, output pixel p), p fastest."""
+    P, K, D = g[3], g[4], g[12]
+    p = t % P
+    r = t // P
+    k = r % K
+    r = r // K
+    return r // D, r % D, k, p
+
+
+@cuda.jit(device=True)
+def _tap_sample(offset, mask, has_mask, b, d, k, p, g):
+    """Where tap k of offset group d samples for output pixel p of image b, and its mask.
+
+    Returns ``(kk, oy, ox, y, x, m)``: the tap's index among all offset groups'
+    taps, the output pixel, the sampling point (float64) and the modulation.
+    """
+    H, W, Wo, P, K, kw, sh, sw, ph, pw, dh, dw, D, Cd = g
+    kk = d * K + k
+    oy = p // Wo
+    ox = p - oy * Wo
+    i = k // kw
+    j = k - i * kw
+    y = sampling_point(oy, sh, ph, i, dh, float(offset[b, 2 * kk, oy, ox]))
+    x = sampling_point(ox, sw, pw, j, dw, float(offset[b, 2 * kk + 1, oy, ox]))
+    m = float(mask[b, kk, oy, ox]) if has_mask else 1.0
+    return kk, oy, ox, y, x, m
+
 # ---------------------------------------------------------------------------------------------
 # Kernels.  ``g`` is the geometry tuple of :func:`_geometry_tuple`:
 #   (H, W, W_out, P, K, kw, sh, sw, ph, pw, dh, dw, D, C_in/D)
@@ -266,21 +296,9 @@ def _im2col(input, offset, mask, has_mask, columns, b0, nb, g):
     H, W, Wo, P, K, kw, sh, sw, ph, pw, dh, dw, D, Cd = g
     n = nb * D * K * P
     for t in range(cuda.grid(1), n, cuda.gridsize(1)):
-        p = t % P
-        r = t // P
-        k = r % K
-        r = r // K
-        d = r % D
-        bl = r // D
+        bl, d, k, p = _sample_index(t, g)
         b = b0 + bl
-        kk = d * K + k
-        oy = p // Wo
-        ox = p - oy * Wo
-        i = k // kw
-        j = k - i * kw
-        y = sampling_point(oy, sh, ph, i, dh, float(offset[b, 2 * kk, oy, ox]))
-        x = sampling_point(ox, sw, pw, j, dw, float(offset[b, 2 * kk + 1, oy, ox]))
-        m = float(mask[b, kk, oy, ox]) if has_mask else 1.0
+        kk, oy, ox, y, x, m = _tap_sample(offset, mask, has_mask, b, d, k, p, g)
         active, y0, x0, ly, lx = locate(y, x, H, W, False)
         col = bl * P + p
         for ci in range(Cd):
@@ -373,21 +391,9 @@ def _coordinate_gradients(input, offset, mask, has_mask, gcols, b0, nb, g, conve
     closed = convention == _TORCHVISION
     n = nb * D * K * P
     for t in range(cuda.grid(1), n, cuda.gridsize(1)):
-        p = t % P
-        r = t // P
-        k = r % K
-        r = r // K
-        d = r % D
-        bl = r // D
+        bl, d, k, p = _sample_index(t, g)
         b = b0 + bl
-        kk = d * K + k
-        oy = p // Wo
-        ox = p - oy * Wo
-        i = k // kw
-        j = k - i * kw
-        y = sampling_point(oy, sh, ph, i, dh, float(offset[b, 2 * kk, oy, ox]))
-        x = sampling_point(ox, sw, pw, j, dw, float(offset[b, 2 * kk + 1, oy, ox]))
-        m = float(mask[b, kk, oy, ox]) if has_mask else 1.0
+        kk, oy, ox, y, x, m = _tap_sample(offset, mask, has_mask, b, d, k, p, g)
         # The gradient rule may also admit the lines y = -1 / x = -1; where the
         # forward rule admits the point too, both give the same corner and fractions.
         active, y0, x0, ly, lx = locate(y, x, H, W, closed)
@@ -443,20 +449,9 @@ def _sample_cells(offset, b0, nb, g, cell_of, counts):
     cells = (H + 1) * (W + 1)
     n = nb * D * K * P
     for t in range(cuda.grid(1), n, cuda.gridsize(1)):
-        p = t % P
-        r = t // P
-        k = r % K
-        r = r // K
-        d = r % D
-        bl = r // D
+        bl, d, k, p = _sample_index(t, g)
         b = b0 + bl
-        kk = d * K + k
-        oy = p // Wo
-        ox = p - oy * Wo
-        i = k // kw
-        j = k - i * kw
-        y = sampling_point(oy, sh, ph, i, dh, float(offset[b, 2 * kk, oy, ox]))
-        x = sampling_point(ox, sw, pw, j, dw, float(offset[b, 2 * kk + 1, oy, ox]))
+        kk, oy, ox, y, x, _ = _tap_sample(offset, offset, False, b, d, k, p, g)
         active, y0, x0, ly, lx = locate(y, x, H, W, False)
         if active and y0 >= -1 and x0 >= -1:      # NaN points are active but touch nothing
             cell = (bl * D + d) * cells + (y0 + 1) * (W + 1) + (x0 + 1)
@@ -555,14 +550,7 @@ def _gather_input_gradient(offset, mask, has_mask, gcols, b0, nb, g, starts, ord
                 s = order[q]
                 p = s % P
                 k = (s // P) % K
-                kk = d * K + k
-                oy = p // Wo
-                ox = p - oy * Wo
-                i = k // kw
-                j = k - i * kw
-                y = sampling_point(oy, sh, ph, i, dh, float(offset[b, 2 * kk, oy, ox]))
-                x = sampling_point(ox, sw, pw, j, dw, float(offset[b, 2 * kk + 1, oy, ox]))
-                m = float(mask[b, kk, oy, ox]) if has_mask else 1.0
+                kk, oy, ox, y, x, m = _tap_sample(offset, mask, has_mask, b, d, k, p, g)
                 active, y0, x0, ly, lx = locate(y, x, H, W, False)
                 w = corner_weights(ly, lx)[corner]
                 col = bl * P + p
