@@ -1,68 +1,94 @@
-"""Backend ``"numba"``: the deformable column kernels compiled by Numba, in parallel.
+"""Backend ``"numba"``: channels-last deformable im2col / col2im compiled by Numba, in parallel.
 
-The same three column kernels as the NumPy reference (:mod:`refdcn.reference.im2col`),
-driven by the same im2col + GEMM loop over blocks of images
-(:mod:`refdcn.blocking`), but compiled with ``numba.njit(parallel=True)``:
+The computation is the one of :mod:`refdcn.blocking` (deformable im2col, one
+matrix product per image and group with NumPy's BLAS, col2im and the
+coordinate gradients, over blocks of images whose column buffers stay under
+:func:`refdcn.blocking.column_memory`), with the images and the column matrix
+stored *channels last*, so that the channel loop, the innermost loop of every
+kernel, reads and writes contiguous memory and is vectorised by LLVM:
 
-``im2col``
-    ``columns[b, c*K + k, p] = m * S(input[b, c], y, x)``, shape (B, C_in*K, P).
-``col2im``
-    ``grad_input[b, c] = sum_{k, p} m * grad_columns[b, c*K + k, p] * w_ab``
-    scattered to the four corners of each sample (the adjoint of ``im2col``).
-``coordinate_gradients``
-    ``grad_offset = m * sum_c grad_columns * dS/d(y, x)`` and
-    ``grad_mask = sum_c grad_columns * S`` (channels of one offset group).
+``padded``  (B, (H+3)*(W+3), C_stride)
+    The images, transposed to channels last and zero-padded with two
+    rows/columns before and one after (see "Zero border" below); pixel
+    ``(y, x)`` is row ``(y+2)*(W+3) + x+2``.  ``C_stride >= C_in`` makes a row
+    an odd number of cache lines (:func:`row_stride`).
+``columns`` (B, groups, P, K * C_in/groups)
+    ``columns[b, g, p, k*Cg + cl] = m * S(input[b, g*Cg + cl], y, x)`` for
+    output pixel ``p``, tap ``k`` (``K = kh*kw``, ``Cg = C_in/groups``).  It is the
+    transpose of the NumPy reference's column matrix (rows ``c*K + k``,
+    columns ``p``), with each group's block contiguous.
+``weight``  as (groups, C_out/groups, K * Cg), the same (tap, channel) order.
+
+Per image ``b`` and group ``g``:
+
+* forward: ``out[b, g] = W_g @ columns[b, g].T``;
+* backward: ``grad_W_g += G[b, g] @ columns[b, g]`` (images in batch order) and
+  ``grad_columns[b, g] = G[b, g].T @ W_g``.
+
+In a channels-first layout the four corners of one sample are four values
+scattered in each channel's plane, and the per-channel loop is a gather (which
+LLVM does not vectorise on this CPU); channels last, the corners of all the
+channels of a sample are four contiguous vectors.
 
 The scalar mathematics is not written here: :func:`refdcn.bilinear.locate`,
 :func:`~refdcn.bilinear.sampling_point`, :func:`~refdcn.bilinear.interpolate`,
 :func:`~refdcn.bilinear.corner_weights` and
 :func:`~refdcn.bilinear.interpolate_gradient` are compiled from their one
-source with ``njit(inline="always")`` (see :func:`_compile_shared`).
+source with ``njit(inline="always")`` (:func:`_compile_shared`).  The sampling
+point is located once per (image, offset group, tap, pixel); the corner
+weights, being loop invariants of the channel loop, are computed once per
+sample too (LLVM hoists them).
 
-How the work is organised
--------------------------
-*Sampling table.*  The sampling point, its floor corner and its fractional
-parts depend on (image ``b``, offset group ``d``, tap ``k``, output pixel ``p``)
-but not on the channel, so they are computed once into a table
-(``corner[b, d, k, p]``, ``ly``, ``lx``; :func:`_sampling_table`) and reused by
-all ``C_in / D`` channels of the offset group.  The table is ``1 / (C_in/D)``
-of the column work.
+Zero border
+-----------
+Every corner of an active sample (``-1 < y < H``) lies inside the padded
+plane, and so does the corner :data:`refdcn.bilinear.OUTSIDE` ``= -2`` that
+``locate`` gives inactive and NaN points: a read there returns 0 and a write
+there is discarded.  This is exactly :func:`refdcn.bilinear.pixel`'s rule
+(0 outside the image), without a branch per corner.
 
-*Zero border by padding.*  The image planes are copied into planes padded with
-zeros: two rows/columns before and one after (shape ``(H+3, W+3)``).  Every
-corner of an active sample (``-1 < y < H``) then lies inside the padded plane,
-and so does the corner :data:`refdcn.bilinear.OUTSIDE` ``= -2`` that ``locate``
-gives inactive and NaN points: a read there returns 0 and a write there is
-discarded.  This is exactly :func:`refdcn.bilinear.pixel`'s rule ("0 outside
-the image"), without a branch per corner and per channel.
+Parallel, race-free, deterministic
+----------------------------------
+* ``im2col`` and ``coordinate_gradients``: ``prange`` over (image, chunk of
+  output pixels); every output element is written by one task.  The channel
+  sums of the coordinate gradients are formed in float64 in a fixed order
+  (eight interleaved partial sums, :func:`_fixed_order_sum`).
+* ``col2im``: ``prange`` over (image, block of input channels).  The input
+  gradient of channel ``c`` only receives from the column entries of channel
+  ``c``, so each task owns its channels: it scatters into its own float64
+  padded channels-last plane in a fixed (pixel, tap) order and writes its
+  channels out.  No atomics, no reduction across threads.
 
-*Parallel, race-free, deterministic.*
-
-* ``im2col`` and ``coordinate_gradients``: ``prange`` over (image, offset
-  group, chunk of output pixels); every output element is written by exactly
-  one task, and the channel sums of ``coordinate_gradients`` run in channel
-  order in float64.
-* ``col2im``: ``prange`` over (image, input channel).  ``grad_input[b, c]``
-  only receives from the column rows of channel ``c``, so each task owns its
-  plane: it scatters into a private float64 padded plane, in a fixed
-  (tap, pixel) order, and copies the interior out.  No atomics, no reduction
-  across threads.
-
-Each element is computed by the same instructions whatever the number of
-threads, the chunking or the block of images (``fastmath=False``: no
-reassociation, no FMA contraction), so the results are bitwise reproducible
-and independent of the block size of :mod:`refdcn.blocking`.
+Every element is computed by the same operations in the same order whatever
+the number of threads, the chunking, the channel blocks or the block of images
+(``fastmath=False``: no reassociation, no FMA contraction), so the results are
+bitwise reproducible and the same for every block size and thread count.
+Problems below :data:`SERIAL_WORK` run serial copies of the same kernels in
+the calling thread (waking workers would cost more), with the same results.
 
 Precision: sampling coordinates and fractional parts in float64 (as the
-reference); products and channel sums in float64; the columns, the input
-gradient and the coordinate gradients are rounded once to the compute dtype.
+reference); bilinear products and channel sums in float64; the columns, the
+input gradient and the coordinate gradients are rounded once to the compute
+dtype.
 
-Compilation is cached on disk (``cache=True``, in ``__pycache__`` or
+Memory per block of B images, besides the column buffers that
+:func:`refdcn.blocking.column_memory` bounds (one in the forward, two in the
+backward): the padded channels-last copy of the input (about the input's size)
+and, in the backward, col2im's float64 planes (about twice the float32
+input's size).
+
+Threads: ``numba.set_num_threads`` / ``NUMBA_NUM_THREADS`` for the kernels,
+NumPy's BLAS threads for the products; see :data:`PREFERRED_THREADING_LAYER`
+for why this backend selects Numba's ``workqueue`` threading layer.
+
+Compilation is cached on disk (``cache=True``: ``__pycache__`` or
 ``NUMBA_CACHE_DIR``).  Numba checks only this file's time stamp: after editing
 :mod:`refdcn.bilinear`, delete the cache (``find refdcn -name '*.nb[ci]'
 -delete``) or touch this file.
 """
 
+import os
+import threading
 import types
 
 import numpy as np
@@ -76,14 +102,14 @@ except ImportError as exc:   # pragma: no cover - depends on the environment
 from .. import bilinear, blocking
 
 NAME = "numba"
-DESCRIPTION = (f"Numba {numba.__version__} parallel im2col/col2im (prange, cached) "
-               f"+ one matrix product per group")
+DESCRIPTION = (f"Numba {numba.__version__}: parallel channels-last im2col/col2im "
+               f"(prange, cached) + one matrix product per group")
 DEVICE = "cpu"
 
 #: Output pixels per task of ``im2col`` and ``coordinate_gradients``.
-CHUNK = 64
+CHUNK = 32
 
-#: Zero rows/columns before (``PAD_BEFORE``) and after each padded plane.
+#: Zero rows/columns before and after each padded plane (``OUTSIDE = -2`` must land inside).
 PAD_BEFORE = 2
 PAD_AFTER = 1
 
@@ -117,225 +143,325 @@ corner_weights = _shared["corner_weights"]
 interpolate = _shared["interpolate"]
 interpolate_gradient = _shared["interpolate_gradient"]
 
-_KERNEL = dict(parallel=True, cache=True, fastmath=False, nogil=True)
+#: The Numba threading layer this backend selects, unless the user chose one
+#: (``NUMBA_THREADING_LAYER``) or parallel Numba code already ran in this process.
+#: Numba's default is OpenMP when it is installed; GNU OpenMP's idle threads
+#: keep spinning after a parallel loop, and so do OpenBLAS's after a matrix
+#: product, so on a machine with few cores each pool steals the other's
+#: cores: measured on 2 cores (``refdcn bench``), this backend was 2-7x slower
+#: with OpenMP on the large shapes and 50x on the smallest.  Setting
+#: ``OMP_WAIT_POLICY=PASSIVE`` fixes that only if it precedes the loading of
+#: the OpenMP runtime (not when torch was imported first).  The ``workqueue``
+#: layer's threads sleep when idle.  It must not be entered by two threads at
+#: once (Numba then stops the process), so this backend launches its parallel
+#: kernels under a lock; other Numba ``parallel=True`` code that runs in
+#: another thread at the same time is not covered: choose ``tbb`` or ``omp``
+#: with ``NUMBA_THREADING_LAYER`` for such programs.
+PREFERRED_THREADING_LAYER = "workqueue"
 
 
-# --------------------------------------------------------------------------- kernels
+def _prefer_threading_layer():
+    from numba.np.ufunc import parallel
+    if os.environ.get("NUMBA_THREADING_LAYER") or parallel._is_initialized:
+        return
+    if numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER = PREFERRED_THREADING_LAYER
 
-@njit(**_KERNEL)
-def _pad_planes(input, padded):
-    """Copy ``input`` (B, C, H, W) into the interior of ``padded`` (B, C, H+3, W+3)."""
+
+_prefer_threading_layer()
+
+#: Kernels with less work than this (column elements) run serially in the calling
+#: thread: below it, waking the worker threads costs more than they save.
+SERIAL_WORK = 1 << 17
+
+
+#: Held while a parallel kernel runs (see :data:`PREFERRED_THREADING_LAYER`).
+_LAUNCH_LOCK = threading.Lock()
+
+
+class _Kernel:
+    """One kernel source compiled twice: parallel (``prange``) and serial.
+
+    ``kernel(work, *args)`` runs the serial version when ``work`` is below
+    :data:`SERIAL_WORK` or Numba has one thread, else the parallel version,
+    one launch at a time.  Both compute every element with the same
+    operations, so they give bitwise identical results.  The serial copy gets
+    its own name so that the two do not share a cache entry.
+    """
+
+    def __init__(self, function):
+        options = dict(cache=True, fastmath=False, nogil=True)
+        self.parallel = njit(parallel=True, **options)(function)
+        serial = types.FunctionType(function.__code__, function.__globals__, function.__name__,
+                                    function.__defaults__, function.__closure__)
+        serial.__qualname__ = function.__qualname__ + "_serial"
+        self.serial = njit(**options)(serial)
+        self.__doc__ = function.__doc__
+
+    def __call__(self, work, *args):
+        if work < SERIAL_WORK or numba.get_num_threads() == 1:
+            return self.serial(*args)
+        with _LAUNCH_LOCK:
+            return self.parallel(*args)
+
+
+# --------------------------------------------------------------------------- compiled kernels
+#
+# ``geo`` = (kh, kw, sh, sw, ph, pw, dh, dw, H, W, W_out, C_in, groups, offset_groups).
+# Images are (B, (H+3)*(W+3), C_stride) channels-last padded planes (:func:`channels_last`).
+
+@njit(inline="always")
+def _sample(offset, b, kk, p, k, geo, closed):
+    """Locate the sample of tap ``k`` (offset channels ``2*kk``, ``2*kk+1``) of pixel ``p``.
+
+    Returns ``(q, ly, lx)``: the row of the floor corner in the padded
+    channels-last image, and the fractional parts.
+    """
+    kh, kw, sh, sw, ph, pw, dh, dw, height, width, out_w = geo[:11]
+    oy = p // out_w
+    ox = p - oy * out_w
+    i = k // kw
+    j = k - i * kw
+    y = sampling_point(oy, sh, ph, i, dh, np.float64(offset[b, 2 * kk, p]))
+    x = sampling_point(ox, sw, pw, j, dw, np.float64(offset[b, 2 * kk + 1, p]))
+    active, y0, x0, ly, lx = locate(y, x, height, width, closed)
+    return (y0 + 2) * (width + 3) + (x0 + 2), ly, lx
+
+
+@njit(inline="always")
+def _fixed_order_sum(terms):
+    """Sum of a 1-D float64 array in a fixed order: eight interleaved partial sums.
+
+    ``s_r = terms[r] + terms[r + 8] + ...`` for ``r < 8`` over the whole
+    blocks of eight, combined as ``((s0+s1)+(s2+s3)) + ((s4+s5)+(s6+s7))``,
+    then the tail in order.  Eight independent chains run at full speed
+    where one chain would wait on each addition.
+    """
+    n = terms.shape[0]
+    whole = n - n % 8
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    for u in range(0, whole, 8):
+        s0 += terms[u]
+        s1 += terms[u + 1]
+        s2 += terms[u + 2]
+        s3 += terms[u + 3]
+        s4 += terms[u + 4]
+        s5 += terms[u + 5]
+        s6 += terms[u + 6]
+        s7 += terms[u + 7]
+    total = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    for u in range(whole, n):
+        total += terms[u]
+    return total
+
+
+@njit(inline="always")
+def _segment(c, end, k, per_group):
+    """The run of channels ``[c, stop)`` of one convolution group, and its column.
+
+    Returns ``(g, stop, col)``: group ``g`` of channel ``c``, the end of the run
+    (at most ``end``), and the column of ``(tap k, channel c)`` in group ``g``'s
+    block of the column matrix.
+    """
+    g = c // per_group
+    stop = min(end, (g + 1) * per_group)
+    return g, stop, k * per_group + c - g * per_group
+
+
+@_Kernel
+def _channels_last(input, padded):
+    """``padded[b, (y+2)*(W+3) + x+2, c] = input[b, c, y, x]``, zero border.
+
+    input : (B, C, H, W); padded : (B, (H+3)*(W+3), C_stride), out
+    (channels ``C..C_stride`` are left unset).
+    """
     B, C, H, W = input.shape
-    Hp, Wp = padded.shape[2], padded.shape[3]
-    for t in prange(B * C):
-        b = t // C
-        c = t - b * C
-        dst = padded[b, c]
-        src = input[b, c]
-        for yy in range(Hp):
-            for xx in range(Wp):
-                dst[yy, xx] = 0.0
-        for yy in range(H):
-            for xx in range(W):
-                dst[yy + 2, xx + 2] = src[yy, xx]
-
-
-@njit(**_KERNEL)
-def _sampling_table(offset, kh, kw, sh, sw, ph, pw, dh, dw, height, width, closed,
-                    corner, ly, lx):
-    """Locate every sampling point once.
-
-    Parameters
-    ----------
-    offset : (B, 2*D*K, H_out, W_out)
-    closed : bool
-        ``closed_at_minus_one`` of :func:`refdcn.bilinear.locate`.
-    corner : (B, D, K, P) int64, out
-        Flat index of the floor corner in the padded plane
-        (``(y0 + 2) * (W + 3) + x0 + 2``); the OUTSIDE corner maps to 0.
-    ly, lx : (B, D, K, P) float64, out
-        Fractional parts (0 for inactive points, NaN for NaN points).
-    """
-    B, D, K, P = corner.shape
-    out_w = offset.shape[3]
-    Wp = width + 3
-    for t in prange(B * D * K):
-        b = t // (D * K)
-        dk = t - b * (D * K)
-        k = dk % K
-        i = k // kw
-        j = k - i * kw
-        for p in range(P):
-            oy = p // out_w
-            ox = p - oy * out_w
-            y = sampling_point(oy, sh, ph, i, dh, np.float64(offset[b, 2 * dk, oy, ox]))
-            x = sampling_point(ox, sw, pw, j, dw, np.float64(offset[b, 2 * dk + 1, oy, ox]))
-            active, y0, x0, fy, fx = locate(y, x, height, width, closed)
-            corner[b, dk // K, k, p] = (y0 + 2) * Wp + (x0 + 2)
-            ly[b, dk // K, k, p] = fy
-            lx[b, dk // K, k, p] = fx
-
-
-@njit(**_KERNEL)
-def _im2col(padded, corner, ly, lx, mask, columns, chunk):
-    """``columns[b, c*K + k, p] = m * interpolate(corners of padded[b, c], ly, lx)``.
-
-    padded : (B, C, H+3, W+3); corner, ly, lx : (B, D, K, P);
-    mask : (B, D*K, P) or None; columns : (B, C*K, P), out.
-    """
-    B, C, Hp, Wp = padded.shape
-    D, K, P = corner.shape[1], corner.shape[2], corner.shape[3]
-    per = C // D
-    chunks = (P + chunk - 1) // chunk
-    for t in prange(B * D * chunks):
-        b = t // (D * chunks)
-        r = t - b * (D * chunks)
-        d = r // chunks
-        p0 = (r - d * chunks) * chunk
-        p1 = min(P, p0 + chunk)
-        for cl in range(per):
-            c = d * per + cl
-            plane = padded[b, c].reshape(Hp * Wp)
-            for k in range(K):
-                row = columns[b, c * K + k]
-                idx = corner[b, d, k]
-                fy = ly[b, d, k]
-                fx = lx[b, d, k]
-                for p in range(p0, p1):
-                    q = idx[p]
-                    s = interpolate(plane[q], plane[q + 1], plane[q + Wp], plane[q + Wp + 1],
-                                    fy[p], fx[p])
-                    if mask is None:
-                        row[p] = s
-                    else:
-                        row[p] = mask[b, d * K + k, p] * s
-
-
-@njit(**_KERNEL)
-def _col2im(grad_columns, corner, ly, lx, mask, grad_input):
-    """Scatter ``m * grad_columns * w_ab`` to the corners, one task per (image, channel).
-
-    grad_columns : (B, C*K, P); corner, ly, lx : (B, D, K, P);
-    mask : (B, D*K, P) or None; grad_input : (B, C, H, W), out (overwritten).
-    """
-    B, C, H, W = grad_input.shape
-    D, K, P = corner.shape[1], corner.shape[2], corner.shape[3]
     Wp = W + 3
-    per = C // D
-    for t in prange(B * C):
-        b = t // C
-        c = t - b * C
-        d = c // per
-        acc = np.zeros((H + 3) * Wp)
-        for k in range(K):
-            g = grad_columns[b, c * K + k]
-            idx = corner[b, d, k]
-            fy = ly[b, d, k]
-            fx = lx[b, d, k]
-            for p in range(P):
-                if mask is None:
-                    v = np.float64(g[p])
-                else:
-                    v = np.float64(g[p] * mask[b, d * K + k, p])
-                w00, w01, w10, w11 = corner_weights(fy[p], fx[p])
-                q = idx[p]
-                acc[q] += w00 * v
-                acc[q + 1] += w01 * v
-                acc[q + Wp] += w10 * v
-                acc[q + Wp + 1] += w11 * v
-        dst = grad_input[b, c]
-        for yy in range(H):
-            for xx in range(W):
-                dst[yy, xx] = acc[(yy + 2) * Wp + xx + 2]
+    Hp = padded.shape[1] // Wp
+    for t in prange(B * Hp):
+        b = t // Hp
+        yy = t - b * Hp
+        row = padded[b, yy * Wp:(yy + 1) * Wp]
+        y = yy - 2
+        if y < 0 or y >= H:
+            row[:, :C] = 0.0
+            continue
+        row[:2, :C] = 0.0
+        row[W + 2:, :C] = 0.0
+        for c in range(C):
+            src = input[b, c, y]
+            for x in range(W):
+                row[x + 2, c] = src[x]
 
 
-@njit(**_KERNEL)
-def _coordinate_gradients(grad_columns, padded, corner, ly, lx, mask, grad_offset, grad_mask,
-                          chunk):
-    """Channel sums of ``grad_columns * dS/dy``, ``* dS/dx`` and ``* S`` per sample.
+@_Kernel
+def _im2col(padded, offset, mask, geo, columns, chunk):
+    """``columns[b, g, p, k*Cg + cl] = m * interpolate(corners of channel g*Cg + cl)``.
 
-    grad_columns : (B, C*K, P); padded : (B, C, H+3, W+3); corner, ly, lx :
-    (B, D, K, P); mask : (B, D*K, P) or None; grad_offset : (B, 2*D*K, P), out;
-    grad_mask : (B, D*K, P) or None, out.
+    padded : (B, (H+3)*(W+3), C_stride); offset : (B, 2*D*K, P);
+    mask : (B, D*K, P) or None; columns : (B, G, P, K*Cg), out.
     """
-    B, C, Hp, Wp = padded.shape
-    D, K, P = corner.shape[1], corner.shape[2], corner.shape[3]
-    per = C // D
+    width, C, G, D = geo[9], geo[11], geo[12], geo[13]
+    Wp = width + 3
+    B, P = columns.shape[0], columns.shape[2]
+    K = geo[0] * geo[1]
+    per_group = C // G
+    per_offset = C // D
     chunks = (P + chunk - 1) // chunk
-    for t in prange(B * D * chunks):
-        b = t // (D * chunks)
-        r = t - b * (D * chunks)
-        d = r // chunks
-        p0 = (r - d * chunks) * chunk
-        n = min(P, p0 + chunk) - p0
-        acc_y = np.zeros((K, n))
-        acc_x = np.zeros((K, n))
-        acc_m = np.zeros((K, n))
-        for cl in range(per):
-            c = d * per + cl
-            plane = padded[b, c].reshape(Hp * Wp)
-            for k in range(K):
-                g = grad_columns[b, c * K + k]
-                idx = corner[b, d, k]
-                fy = ly[b, d, k]
-                fx = lx[b, d, k]
-                ay = acc_y[k]
-                ax = acc_x[k]
-                am = acc_m[k]
-                for u in range(n):
-                    p = p0 + u
-                    q = idx[p]
-                    v00 = plane[q]
-                    v01 = plane[q + 1]
-                    v10 = plane[q + Wp]
-                    v11 = plane[q + Wp + 1]
-                    gp = np.float64(g[p])
-                    d_dy, d_dx = interpolate_gradient(v00, v01, v10, v11, fy[p], fx[p])
-                    ay[u] += gp * d_dy
-                    ax[u] += gp * d_dx
+    for t in prange(B * chunks):
+        b = t // chunks
+        p0 = (t - b * chunks) * chunk
+        image = padded[b]
+        for p in range(p0, min(P, p0 + chunk)):
+            for d in range(D):
+                for k in range(K):
+                    kk = d * K + k
+                    q, ly, lx = _sample(offset, b, kk, p, k, geo, False)
+                    m = 1.0 if mask is None else mask[b, kk, p]
+                    c = d * per_offset
+                    end = c + per_offset
+                    while c < end:       # the channels of offset group d, split by group
+                        g, stop, col = _segment(c, end, k, per_group)
+                        v00 = image[q, c:stop]
+                        v01 = image[q + 1, c:stop]
+                        v10 = image[q + Wp, c:stop]
+                        v11 = image[q + Wp + 1, c:stop]
+                        dst = columns[b, g, p, col:col + stop - c]
+                        for u in range(stop - c):
+                            s = interpolate(v00[u], v01[u], v10[u], v11[u], ly, lx)
+                            if mask is None:
+                                dst[u] = s
+                            else:
+                                dst[u] = m * s
+                        c = stop
+
+
+@_Kernel
+def _col2im(grad_columns, offset, mask, geo, grad_input, block, scratch):
+    """Scatter ``m * grad_columns * w_ab`` to the corners; one task per (image, channel block).
+
+    grad_columns : (B, G, P, K*Cg); offset : (B, 2*D*K, P); mask : (B, D*K, P)
+    or None; grad_input : (B, C, H, W), out; block : channels per task;
+    scratch : (B * blocks, (H+3)*(W+3), stride >= block) float64, each task's
+    accumulator (channel ``c`` in column ``c - c0``).
+    """
+    height, width, C, G, D = geo[8], geo[9], geo[11], geo[12], geo[13]
+    Wp = width + 3
+    B, P = grad_columns.shape[0], grad_columns.shape[2]
+    K = geo[0] * geo[1]
+    per_group = C // G
+    per_offset = C // D
+    blocks = (C + block - 1) // block
+    for t in prange(B * blocks):
+        b = t // blocks
+        c0 = (t - b * blocks) * block
+        c1 = min(C, c0 + block)
+        acc = scratch[t]
+        acc[:, :c1 - c0] = 0.0
+        for p in range(P):
+            for d in range(c0 // per_offset, (c1 - 1) // per_offset + 1):
+                for k in range(K):
+                    kk = d * K + k
+                    q, ly, lx = _sample(offset, b, kk, p, k, geo, False)
+                    w00, w01, w10, w11 = corner_weights(ly, lx)
+                    m = 1.0 if mask is None else mask[b, kk, p]
+                    c = max(c0, d * per_offset)
+                    end = min(c1, (d + 1) * per_offset)
+                    while c < end:
+                        g, stop, col = _segment(c, end, k, per_group)
+                        src = grad_columns[b, g, p, col:col + stop - c]
+                        a00 = acc[q, c - c0:stop - c0]
+                        a01 = acc[q + 1, c - c0:stop - c0]
+                        a10 = acc[q + Wp, c - c0:stop - c0]
+                        a11 = acc[q + Wp + 1, c - c0:stop - c0]
+                        for u in range(stop - c):
+                            if mask is None:
+                                v = np.float64(src[u])
+                            else:
+                                v = np.float64(src[u] * m)
+                            a00[u] += w00 * v
+                            a01[u] += w01 * v
+                            a10[u] += w10 * v
+                            a11[u] += w11 * v
+                        c = stop
+        for c in range(c0, c1):         # the interior, back to channels first
+            dst = grad_input[b, c]
+            for y in range(height):
+                for x in range(width):
+                    dst[y, x] = acc[(y + 2) * Wp + x + 2, c - c0]
+
+
+@_Kernel
+def _coordinate_gradients(grad_columns, padded, offset, mask, geo, closed, grad_offset,
+                          grad_mask, chunk):
+    """Channel sums of ``grad_columns * dS/dy``, ``* dS/dx`` and ``* S`` of every sample.
+
+    grad_columns : (B, G, P, K*Cg); padded : (B, (H+3)*(W+3), C_stride);
+    offset : (B, 2*D*K, P); mask : (B, D*K, P) or None; closed : the
+    ``locate`` rule; grad_offset : (B, 2*D*K, P), out; grad_mask : (B, D*K, P)
+    or None, out.
+    """
+    width, C, G, D = geo[9], geo[11], geo[12], geo[13]
+    Wp = width + 3
+    B, P = grad_columns.shape[0], grad_columns.shape[2]
+    K = geo[0] * geo[1]
+    per_group = C // G
+    per_offset = C // D
+    chunks = (P + chunk - 1) // chunk
+    for t in prange(B * chunks):
+        b = t // chunks
+        p0 = (t - b * chunks) * chunk
+        image = padded[b]
+        terms_y = np.empty(per_offset)
+        terms_x = np.empty(per_offset)
+        terms_m = np.empty(per_offset)
+        for p in range(p0, min(P, p0 + chunk)):
+            for d in range(D):
+                for k in range(K):
+                    kk = d * K + k
+                    q, ly, lx = _sample(offset, b, kk, p, k, geo, closed)
+                    c = d * per_offset
+                    end = c + per_offset
+                    while c < end:
+                        g, stop, col = _segment(c, end, k, per_group)
+                        src = grad_columns[b, g, p, col:col + stop - c]
+                        v00 = image[q, c:stop]
+                        v01 = image[q + 1, c:stop]
+                        v10 = image[q + Wp, c:stop]
+                        v11 = image[q + Wp + 1, c:stop]
+                        first = c - d * per_offset
+                        ty = terms_y[first:first + stop - c]
+                        tx = terms_x[first:first + stop - c]
+                        tm = terms_m[first:first + stop - c]
+                        for u in range(stop - c):
+                            gu = np.float64(src[u])
+                            d_dy, d_dx = interpolate_gradient(v00[u], v01[u], v10[u], v11[u],
+                                                              ly, lx)
+                            ty[u] = gu * d_dy
+                            tx[u] = gu * d_dx
+                            if grad_mask is not None:
+                                tm[u] = gu * interpolate(v00[u], v01[u], v10[u], v11[u], ly, lx)
+                        c = stop
+                    sum_y = _fixed_order_sum(terms_y)
+                    sum_x = _fixed_order_sum(terms_x)
+                    if mask is None:
+                        grad_offset[b, 2 * kk, p] = sum_y
+                        grad_offset[b, 2 * kk + 1, p] = sum_x
+                    else:
+                        m = mask[b, kk, p]
+                        grad_offset[b, 2 * kk, p] = m * sum_y
+                        grad_offset[b, 2 * kk + 1, p] = m * sum_x
                     if grad_mask is not None:
-                        am[u] += gp * interpolate(v00, v01, v10, v11, fy[p], fx[p])
-        for k in range(K):
-            kk = d * K + k
-            for u in range(n):
-                p = p0 + u
-                if mask is None:
-                    grad_offset[b, 2 * kk, p] = acc_y[k, u]
-                    grad_offset[b, 2 * kk + 1, p] = acc_x[k, u]
-                else:
-                    m = mask[b, kk, p]
-                    grad_offset[b, 2 * kk, p] = m * acc_y[k, u]
-                    grad_offset[b, 2 * kk + 1, p] = m * acc_x[k, u]
-                if grad_mask is not None:
-                    grad_mask[b, kk, p] = acc_m[k, u]
+                        grad_mask[b, kk, p] = _fixed_order_sum(terms_m)
 
 
 # --------------------------------------------------------------------------- column kernels
 
-def sampling_table(offset, geom, closed_at_minus_one):
-    """Floor corners (flat padded index) and fractional parts of every sample.
-
-    Returns ``corner`` (B, D, K, P) int64 and ``ly``, ``lx`` (B, D, K, P) float64.
-    """
-    shape = (offset.shape[0], geom.offset_groups, geom.taps, geom.out_pixels)
-    corner = np.empty(shape, np.int64)
-    ly = np.empty(shape, np.float64)
-    lx = np.empty(shape, np.float64)
-    if offset.shape[0]:
-        _sampling_table(offset, geom.kh, geom.kw, geom.stride[0], geom.stride[1],
-                        geom.padding[0], geom.padding[1], geom.dilation[0], geom.dilation[1],
-                        geom.height, geom.width, bool(closed_at_minus_one), corner, ly, lx)
-    return corner, ly, lx
-
-
-def padded_planes(input):
-    """``input`` (B, C, H, W) zero-padded to (B, C, H+3, W+3): 2 before, 1 after."""
-    B, C, H, W = input.shape
-    padded = np.empty((B, C, H + PAD_BEFORE + PAD_AFTER, W + PAD_BEFORE + PAD_AFTER),
-                      input.dtype)
-    if padded.size:
-        _pad_planes(input, padded)
-    return padded
+def _geo(geom):
+    """The integers the kernels need, as one tuple (see the kernels' section)."""
+    return (geom.kh, geom.kw, geom.stride[0], geom.stride[1], geom.padding[0], geom.padding[1],
+            geom.dilation[0], geom.dilation[1], geom.height, geom.width, geom.out_w,
+            geom.in_channels, geom.groups, geom.offset_groups)
 
 
 def _flat(array, geom):
@@ -345,58 +471,166 @@ def _flat(array, geom):
     return array.reshape(array.shape[0], array.shape[1], geom.out_pixels)
 
 
-def im2col(input, offset, mask, geom, dtype):
-    """Deformable im2col; see :func:`refdcn.reference.im2col.im2col`.
+def row_stride(length, itemsize):
+    """Row length >= ``length`` spanning an odd number of 64-byte cache lines.
 
-    Shapes: input (B, C_in, H, W), offset (B, 2*D*K, H_out, W_out),
-    mask (B, D*K, H_out, W_out) or None -> columns (B, C_in*K, H_out*W_out).
+    Rows of channels-last planes are read four at a time at scattered places;
+    with a power-of-two row size (256 float32 channels = 1 KiB) every row
+    falls into the same few cache sets and evicts the others.
+    """
+    per_line = 64 // itemsize
+    lines = -(-length // per_line)
+    return (lines + 1 - lines % 2) * per_line
+
+
+def channels_last(input):
+    """``input`` (B, C, H, W) as zero-padded channels-last planes.
+
+    Returns an array of shape (B, (H+3)*(W+3), C_stride) (``C_stride`` from
+    :func:`row_stride`): pixel ``(y, x)`` is row ``(y+2)*(W+3) + x+2``; the
+    two rows/columns before and the one after the image are zero.
+    """
+    B, C, H, W = input.shape
+    padded = np.empty((B, (H + PAD_BEFORE + PAD_AFTER) * (W + PAD_BEFORE + PAD_AFTER),
+                       row_stride(C, input.itemsize)), input.dtype)
+    if padded.size:
+        _channels_last(input.size, input, padded)
+    return padded
+
+
+def im2col(input, offset, mask, geom, dtype, padded=None):
+    """Channels-last deformable im2col.
+
+    Parameters
+    ----------
+    input : ndarray, shape (B, C_in, H, W)
+    offset : ndarray, shape (B, 2*D*K, H_out, W_out)
+    mask : ndarray, shape (B, D*K, H_out, W_out), or None
+    padded : ndarray, optional
+        ``channels_last(input)``, if the caller already has it.
+
+    Returns
+    -------
+    columns : ndarray, shape (B, groups, H_out*W_out, K * C_in/groups), ``dtype``
+        ``columns[b, g, p, k*Cg + cl]`` is the NumPy reference's
+        ``columns[b, (g*Cg + cl)*K + k, p]``.
     """
     B = input.shape[0]
-    columns = np.empty((B, geom.in_channels * geom.taps, geom.out_pixels), dtype)
-    if columns.size == 0:
-        return columns
-    corner, ly, lx = sampling_table(offset, geom, False)
-    _im2col(padded_planes(input), corner, ly, lx, _flat(mask, geom), columns, CHUNK)
+    columns = np.empty((B, geom.groups, geom.out_pixels, geom.taps * geom.in_per_group), dtype)
+    if columns.size:
+        _im2col(columns.size, channels_last(input) if padded is None else padded,
+                _flat(offset, geom), _flat(mask, geom), _geo(geom), columns, CHUNK)
     return columns
 
 
-def col2im(grad_columns, offset, mask, geom, grad_input):
-    """Adjoint of :func:`im2col`: writes ``grad_input`` (B, C_in, H, W)."""
+def channel_block(batch, channels):
+    """Channels per ``col2im`` task: one task per thread and image at least, >= 16 wide."""
+    per_image = max(1, -(-numba.get_num_threads() // max(batch, 1)))
+    return max(16, -(-channels // per_image))
+
+
+def col2im(grad_columns, offset, mask, geom, grad_input, block=None):
+    """Adjoint of :func:`im2col`: writes ``grad_input`` (B, C_in, H, W).
+
+    ``block`` (channels per task, default :func:`channel_block`) changes the
+    work split, never the result.  Scratch memory: one float64 padded plane
+    per channel, ``B * C_in * (H+3) * (W+3) * 8`` bytes (plus row padding).
+    """
     if grad_input.size == 0:
         return
-    corner, ly, lx = sampling_table(offset, geom, False)
-    _col2im(grad_columns, corner, ly, lx, _flat(mask, geom), grad_input)
+    B, C = grad_input.shape[0], geom.in_channels
+    block = block or channel_block(B, C)
+    scratch = np.empty((B * -(-C // block), (geom.height + 3) * (geom.width + 3),
+                        row_stride(block, 8)))
+    _col2im(grad_columns.size, grad_columns, _flat(offset, geom), _flat(mask, geom), _geo(geom),
+            grad_input, block, scratch)
 
 
 def coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
-                         grad_offset, grad_mask):
-    """Offset and mask gradients; see :func:`refdcn.reference.im2col.coordinate_gradients`.
+                         grad_offset, grad_mask, padded=None):
+    """Offset and mask gradients from channels-last ``grad_columns`` (layout of :func:`im2col`).
 
     Writes ``grad_offset`` (B, 2*D*K, H_out, W_out) and ``grad_mask``
-    (B, D*K, H_out, W_out) (if not None).
+    (B, D*K, H_out, W_out) (if not None).  ``padded``: as for :func:`im2col`.
     """
     if grad_offset.size == 0:
         return
-    corner, ly, lx = sampling_table(offset, geom, convention == bilinear.BORDER_TORCHVISION)
-    _coordinate_gradients(grad_columns, padded_planes(input), corner, ly, lx, _flat(mask, geom),
+    if padded is None:
+        padded = channels_last(input)
+    _coordinate_gradients(grad_columns.size, grad_columns, padded, _flat(offset, geom),
+                          _flat(mask, geom), _geo(geom), convention == bilinear.BORDER_TORCHVISION,
                           _flat(grad_offset, geom), _flat(grad_mask, geom), CHUNK)
 
 
-class _Kernels:
-    im2col = staticmethod(im2col)
-    col2im = staticmethod(col2im)
-    coordinate_gradients = staticmethod(coordinate_gradients)
+# --------------------------------------------------------------------------- driver
+
+def weight_matrix(weight, geom):
+    """``weight`` (C_out, Cg, kh, kw) as (groups, C_out/groups, K*Cg), (tap, channel) order."""
+    G, K = geom.groups, geom.taps
+    w = weight.reshape(G, geom.out_per_group, geom.in_per_group, K).transpose(0, 1, 3, 2)
+    return np.ascontiguousarray(w).reshape(G, geom.out_per_group, K * geom.in_per_group)
 
 
-KERNELS = _Kernels()
+def _blocks(geom, dtype, buffers, block):
+    size = block or blocking.images_per_block(geom, np.dtype(dtype).itemsize, buffers)
+    for start in range(0, geom.batch, size):
+        yield start, min(geom.batch, start + size)
 
 
-def forward(input, offset, mask, weight, bias, geom, dtype):
-    """Forward pass (see :func:`refdcn.blocking.forward`); output (N, C_out, H_out, W_out)."""
-    return blocking.forward(KERNELS, input, offset, mask, weight, bias, geom, dtype)
+def _part(array, start, stop):
+    return None if array is None else array[start:stop]
 
 
-def backward(grad_output, input, offset, mask, weight, bias, geom, dtype, convention):
-    """The five gradients (see :func:`refdcn.blocking.backward`)."""
-    return blocking.backward(KERNELS, grad_output, input, offset, mask, weight, bias, geom,
-                             dtype, convention)
+def forward(input, offset, mask, weight, bias, geom, dtype, block=None):
+    """Forward pass; output (N, C_out, H_out, W_out) in ``dtype``.
+
+    ``block`` overrides the number of images per block (for tests).
+    """
+    out = np.empty((geom.batch, geom.out_channels, geom.out_pixels), dtype)
+    wt = weight_matrix(weight, geom)
+    outs = geom.out_per_group
+    for start, stop in _blocks(geom, dtype, 1, block):
+        columns = im2col(input[start:stop], offset[start:stop], _part(mask, start, stop),
+                         geom.with_batch(stop - start), dtype)
+        for b in range(stop - start):
+            for g in range(geom.groups):
+                np.matmul(wt[g], columns[b, g].T, out=out[start + b, g * outs:(g + 1) * outs])
+    if bias is not None:
+        out += bias[:, None]
+    return out.reshape(geom.batch, geom.out_channels, geom.out_h, geom.out_w)
+
+
+def backward(grad_output, input, offset, mask, weight, bias, geom, dtype, convention,
+             block=None):
+    """The five gradients ``(grad_input, grad_offset, grad_mask, grad_weight, grad_bias)``.
+
+    ``block`` overrides the number of images per block (for tests).
+    """
+    grad_input = np.empty(input.shape, dtype)
+    grad_offset = np.empty(offset.shape, dtype)
+    grad_mask = None if mask is None else np.empty(mask.shape, dtype)
+    wt = weight_matrix(weight, geom)
+    grad_wt = np.zeros(wt.shape, dtype)
+    outs = geom.out_per_group
+    go = grad_output.reshape(geom.batch, geom.out_channels, geom.out_pixels)
+    for start, stop in _blocks(geom, dtype, 2, block):
+        blk = geom.with_batch(stop - start)
+        m = _part(mask, start, stop)
+        padded = channels_last(input[start:stop])
+        columns = im2col(input[start:stop], offset[start:stop], m, blk, dtype, padded)
+        grad_columns = np.empty_like(columns)
+        for b in range(stop - start):
+            for g in range(geom.groups):
+                go_bg = go[start + b, g * outs:(g + 1) * outs]
+                grad_wt[g] += go_bg @ columns[b, g]
+                np.matmul(go_bg.T, wt[g], out=grad_columns[b, g])
+        del columns
+        col2im(grad_columns, offset[start:stop], m, blk, grad_input[start:stop])
+        coordinate_gradients(grad_columns, input[start:stop], offset[start:stop], m, blk,
+                             convention, grad_offset[start:stop], _part(grad_mask, start, stop),
+                             padded)
+    grad_weight = np.ascontiguousarray(
+        grad_wt.reshape(geom.groups, outs, geom.taps, geom.in_per_group).transpose(0, 1, 3, 2)
+    ).reshape(weight.shape)
+    grad_bias = None if bias is None else go.sum(axis=(0, 2)).astype(dtype)
+    return grad_input, grad_offset, grad_mask, grad_weight, grad_bias

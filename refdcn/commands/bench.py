@@ -1,0 +1,121 @@
+"""``refdcn bench``: time refdcn's backends beside torchvision and onnxruntime, in one run.
+
+CPU backends are measured by :mod:`refdcn.benchmarks.cpu`; ``--backend cuda``
+hands over to :func:`refdcn.benchmarks.gpu.run_gpu_benchmark`.
+"""
+
+import importlib
+import os
+import sys
+
+from .. import backends
+
+HELP = ("time forward and forward+backward of refdcn's backends against torchvision and "
+        "onnxruntime (same run, same threads) and print a table")
+
+
+def _shape(text):
+    import argparse
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 6 or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"a shape is six positive integers B,C_in,C_out,H,W,k (e.g. 1,256,256,64,64,3); "
+            f"got {text!r}")
+    return values
+
+
+def add_arguments(parser):
+    parser.add_argument("--backend", action="append", metavar="NAME",
+                        help="benchmark this backend (repeatable; default: every available CPU "
+                             "backend except 'reference'; 'cuda' runs the GPU benchmark)")
+    parser.add_argument("--shape", action="append", type=_shape, metavar="B,Cin,Cout,H,W,k",
+                        help="a shape to time (repeatable; default: the five shapes of the "
+                             "README's table); stride 1, padding k//2")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed calls of each implementation; the median is reported "
+                             "(default 7, --quick 5)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed calls of each implementation first (default 2, --quick 1)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads for NumPy's BLAS, Numba, torch and onnxruntime (default 2)")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                        help="compute dtype (default float32)")
+    parser.add_argument("--v1", action="store_true",
+                        help="DCNv1: no mask (default: DCNv2 with a mask)")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="do not time torchvision and onnxruntime")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--quick", action="store_true",
+                        help="two small shapes, 5 rounds after 1 warm-up (a smoke test)")
+
+
+def _check_positive(value, name, minimum=1):
+    from ..cli import UsageError
+    if value is not None and value < minimum:
+        raise UsageError(f"--{name} must be >= {minimum}; got {value}")
+
+
+def _cpu_backends(requested):
+    """The CPU backends to time: ``requested`` (checked) or the defaults."""
+    from ..benchmarks.cpu import default_backends
+    from ..cli import UsageError
+    if requested is None:
+        names, skipped = default_backends()
+        for name, reason in skipped.items():
+            print(f"refdcn bench: skipping {name}: {reason}", file=sys.stderr)
+        return names
+    for name in requested:
+        if name not in backends.REGISTRY:
+            raise UsageError(f"unknown backend {name!r}; known: {', '.join(backends.REGISTRY)}")
+        try:
+            backends.get(name)
+        except backends.BackendUnavailable as exc:
+            raise UsageError(str(exc)) from None
+    return list(dict.fromkeys(requested))
+
+
+def _run_gpu(shapes, repeats, warmup, dtype):
+    """Hand over to the GPU benchmark; 2 with a one-line reason if it cannot run here."""
+    try:
+        gpu = importlib.import_module("refdcn.benchmarks.gpu")
+    except ImportError as exc:
+        print(f"refdcn bench: the GPU benchmark is not available ({exc})", file=sys.stderr)
+        return 2
+    try:
+        from numba import cuda
+        ok = cuda.is_available() and os.environ.get("NUMBA_ENABLE_CUDASIM", "0") != "1"
+    except Exception:
+        ok = False
+    if not ok:
+        print("refdcn bench: --backend cuda needs an NVIDIA GPU with numba-cuda "
+              "(none usable here; the CUDA simulator is not benchmarked)", file=sys.stderr)
+        return 2
+    return int(gpu.run_gpu_benchmark(shapes, repeats, warmup, dtype) or 0)
+
+
+def run(args):
+    from ..benchmarks import cpu
+    _check_positive(args.repeats, "repeats")
+    _check_positive(args.warmup, "warmup", 0)
+    _check_positive(args.threads, "threads")
+    shapes = args.shape or (cpu.QUICK_SHAPES if args.quick else cpu.DEFAULT_SHAPES)
+    repeats = args.repeats or (cpu.QUICK_REPEATS if args.quick else 7)
+    warmup = args.warmup if args.warmup is not None else (cpu.QUICK_WARMUP if args.quick else 2)
+    requested = args.backend
+    want_gpu = requested is not None and "cuda" in requested
+    cpu_requested = None if requested is None else [n for n in requested if n != "cuda"]
+    status = 0
+    if cpu_requested is None or cpu_requested:
+        names = _cpu_backends(cpu_requested)
+        settings = cpu.Settings(shapes=[tuple(s) for s in shapes], backends=names,
+                                repeats=repeats, warmup=warmup, threads=args.threads,
+                                dtype=args.dtype, modulated=not args.v1,
+                                baselines=not args.no_baselines)
+        cpu.run_cpu_benchmark(settings, json_path=args.json)
+    if want_gpu:
+        status = _run_gpu(args.shape, args.repeats or 20, warmup if args.warmup is not None
+                          else 3, args.dtype)
+    return status

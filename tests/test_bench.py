@@ -1,0 +1,90 @@
+"""``refdcn bench``: the command runs end to end and prints (and saves) every column."""
+
+import json
+
+import numpy as np
+import pytest
+
+from refdcn import backends
+from refdcn.benchmarks import cpu
+from refdcn.cli import main
+
+TINY = "1,4,4,6,6,3"
+COLUMNS = ("fwd ms", "fwd+bwd ms", "GFLOP/s", "% matmul", "peak MiB", "x tv fwd", "x tv f+b",
+           "x ort fwd")
+
+
+def test_quick_bench_through_the_cli(capsys, tmp_path):
+    path = tmp_path / "bench.json"
+    status = main(["bench", "--quick", "--backend", "numpy", "--shape", TINY, "--repeats", "2",
+                   "--warmup", "0", "--no-baselines", "--json", str(path)])
+    assert status == 0
+    out = capsys.readouterr().out
+    for column in COLUMNS:
+        assert column in out
+    assert "matmul (2048x2048" in out
+    rows = [line for line in out.splitlines() if line.startswith("1,4,4,6x6,3")]
+    assert len(rows) == 1 and rows[0].split()[1] == "numpy"
+    record = json.loads(path.read_text())
+    (row,) = record["rows"]
+    assert row["backend"] == "numpy" and tuple(row["shape"]) == (1, 4, 4, 6, 6, 3)
+    assert row["forward_ms"] > 0 and row["forward_backward_ms"] > 0
+    assert row["peak_mib"] > 0 and 0 < row["percent_of_matmul"]
+    assert row["vs_torchvision_forward"] is None      # --no-baselines
+
+
+def test_ratios_against_the_peers_are_peer_time_over_ours():
+    pytest.importorskip("torchvision")
+    settings = cpu.Settings(shapes=[(1, 4, 4, 6, 6, 3)], backends=["numpy"], repeats=2,
+                            warmup=0, threads=1)
+    notes = {}
+    rows = {r.backend: r for r in cpu.bench_shape((1, 4, 4, 6, 6, 3), settings, notes)}
+    assert "torchvision" in rows
+    ours, tv = rows["numpy"], rows["torchvision"]
+    assert ours.vs_torchvision_forward == pytest.approx(tv.forward_ms / ours.forward_ms)
+    assert ours.vs_torchvision_forward_backward == pytest.approx(
+        tv.forward_backward_ms / ours.forward_backward_ms)
+    if "onnxruntime" in rows:
+        assert rows["onnxruntime"].forward_backward_ms is None
+        assert ours.vs_onnxruntime_forward == pytest.approx(
+            rows["onnxruntime"].forward_ms / ours.forward_ms)
+    else:
+        assert "onnxruntime" in notes
+
+
+def test_bench_inputs_follow_the_baseline_recipe():
+    case = cpu.make_inputs((2, 3, 5, 7, 6, 3), "float32", modulated=True)
+    assert case.input.shape == (2, 3, 7, 6) and case.input.dtype == np.float32
+    assert case.offset.shape == (2, 18, 7, 6) and case.mask.shape == (2, 9, 7, 6)
+    assert ((case.mask > 0) & (case.mask < 1)).all()
+    assert cpu.make_inputs((1, 2, 2, 4, 4, 3), "float64", modulated=False).mask is None
+
+
+def test_default_backends_exclude_reference_and_gpu():
+    names, skipped = cpu.default_backends()
+    assert "numpy" in names and "reference" not in names and "cuda" not in names
+    assert set(names) | set(skipped) <= set(backends.REGISTRY)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backend", "nonsense"], "unknown backend"),
+    (["--repeats", "0"], "--repeats must be >= 1"),
+])
+def test_usage_errors_are_one_line(capsys, argv, message):
+    assert main(["bench", "--no-baselines", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_bad_shape_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--shape", "1,2,3"])
+    assert exc.value.code == 2
+    assert "six positive integers" in capsys.readouterr().err
+
+
+def test_cuda_without_a_gpu_exits_2_with_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
+    assert main(["bench", "--backend", "cuda", "--quick"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cuda" in err[0]
