@@ -34,7 +34,8 @@ The scalar mathematics is not written here: :func:`refdcn.bilinear.locate`,
 :func:`~refdcn.bilinear.sampling_point`, :func:`~refdcn.bilinear.interpolate`,
 :func:`~refdcn.bilinear.corner_weights` and
 :func:`~refdcn.bilinear.interpolate_gradient` are compiled from their one
-source with ``njit(inline="always")`` (:func:`_compile_shared`).  The sampling
+source with ``njit(inline="always")``
+(:func:`refdcn.backends._shared_math.compile_bilinear`).  The sampling
 point is located once per (image, offset group, tap, pixel); the corner
 weights, being loop invariants of the channel loop, are computed once per
 sample too (LLVM hoists them).
@@ -100,6 +101,7 @@ except ImportError as exc:   # pragma: no cover - depends on the environment
     raise ImportError(f"numba is not installed ({exc})") from exc
 
 from .. import bilinear, blocking
+from ._shared_math import compile_bilinear
 
 NAME = "numba"
 DESCRIPTION = (f"Numba {numba.__version__}: parallel channels-last im2col/col2im "
@@ -116,27 +118,7 @@ PAD_AFTER = 1
 _SHARED = ("sampling_point", "locate", "corner_weights", "interpolate", "interpolate_gradient")
 
 
-def _compile_shared(names):
-    """``njit(inline="always")`` versions of functions of :mod:`refdcn.bilinear`.
-
-    Each function is compiled from its own code object, in a copy of the
-    bilinear module's namespace where the other shared functions are replaced
-    by their compiled versions (a compiled function can only call compiled
-    functions: ``interpolate`` calls ``corner_weights``).
-    """
-    namespace = dict(vars(bilinear))
-    compiled = {}
-    for name in names:
-        source = getattr(bilinear, name)
-        clone = types.FunctionType(source.__code__, namespace, source.__name__,
-                                   source.__defaults__, source.__closure__)
-        clone.__doc__ = source.__doc__
-        clone.__qualname__ = source.__qualname__
-        compiled[name] = namespace[name] = njit(inline="always")(clone)
-    return compiled
-
-
-_shared = _compile_shared(_SHARED)
+_shared = compile_bilinear(njit(inline="always"), _SHARED)[1]
 sampling_point = _shared["sampling_point"]
 locate = _shared["locate"]
 corner_weights = _shared["corner_weights"]

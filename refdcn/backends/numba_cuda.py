@@ -63,7 +63,8 @@ backward
 
 The scalar mathematics is not written here: the functions of
 :mod:`refdcn.bilinear` are compiled as CUDA device functions from their one
-source (:func:`_device_functions`; :data:`DEVICE_SOURCES` are the Python
+source (:func:`~refdcn.backends._shared_math.compile_bilinear`;
+:data:`DEVICE_SOURCES` are the Python
 functions compiled).
 
 Determinism
@@ -112,13 +113,13 @@ several host threads at once.
 
 import importlib.util
 import os
-import types
 import warnings
 
 import numpy as np
 
 from . import BackendUnavailable
 from .. import bilinear
+from ._shared_math import compile_bilinear
 from ..blocking import _parse_bytes
 
 try:
@@ -216,31 +217,8 @@ _SHARED = ("sampling_point", "locate", "in_image", "pixel", "corners", "corner_w
            "interpolate", "interpolate_gradient", "bilinear_sample", "bilinear_gradient")
 
 
-def _device_functions(names):
-    """``cuda.jit(device=True)`` versions of functions of :mod:`refdcn.bilinear`.
-
-    Each function is compiled from its own code object, in a copy of the
-    bilinear module's namespace where the other shared functions are replaced
-    by their device versions (device code can only call device functions:
-    ``corners`` calls ``pixel``, ``bilinear_sample`` calls ``locate``...).
-    Returns ``(sources, compiled)``: the Python functions handed to the
-    compiler and the device functions, by name.
-    """
-    namespace = dict(vars(bilinear))
-    sources, compiled = {}, {}
-    for name in names:
-        source = getattr(bilinear, name)
-        clone = types.FunctionType(source.__code__, namespace, source.__name__,
-                                   source.__defaults__, source.__closure__)
-        clone.__doc__ = source.__doc__
-        clone.__qualname__ = source.__qualname__
-        sources[name] = clone
-        compiled[name] = namespace[name] = cuda.jit(device=True)(clone)
-    return sources, compiled
-
-
 #: name -> the Python function (bilinear's code object) compiled as a device function.
-DEVICE_SOURCES, DEVICE_FUNCTIONS = _device_functions(_SHARED)
+DEVICE_SOURCES, DEVICE_FUNCTIONS = compile_bilinear(cuda.jit(device=True), _SHARED)
 sampling_point = DEVICE_FUNCTIONS["sampling_point"]
 locate = DEVICE_FUNCTIONS["locate"]
 in_image = DEVICE_FUNCTIONS["in_image"]
