@@ -44,12 +44,20 @@ def extensions():
     cflags, lflags = openmp_flags()
     print(f"refdcn: OpenMP {'on' if cflags else 'off'} for the Cython extension", file=sys.stderr)
     exts = [Extension(src[:-4].replace(os.sep, "."), [src],
-                      extra_compile_args=["-O3"] + cflags, extra_link_args=lflags,
+                      extra_compile_args=["-O3", "-ffp-contract=off"] + cflags,
+                      extra_link_args=lflags,
                       define_macros=[("REFDCN_OPENMP", "1" if cflags else "0")],
                       optional=True)
             for src in sources]
-    return cythonize(exts, compiler_directives={"language_level": "3"},
-                     compile_time_env={"REFDCN_OPENMP": bool(cflags)})
+    try:
+        return cythonize(exts, compiler_directives={"language_level": "3"},
+                         compile_time_env={"REFDCN_OPENMP": bool(cflags)})
+    except Exception as exc:
+        # A Cython error must not fail the install: the backend is then listed as
+        # unavailable, and CI's REFDCN_REQUIRE_CYTHON=1 test fails loudly.
+        print(f"refdcn: WARNING: could not cythonize the extension ({exc}); "
+              "the 'cython' backend will be unavailable", file=sys.stderr)
+        return []
 
 
 setup(ext_modules=extensions())
