@@ -13,7 +13,7 @@ convolution (:mod:`refdcn.blocking`):
 * :class:`DeformConv2d` calls :func:`refdcn.deform_conv2d` and
   :func:`refdcn.deform_conv2d_backward` on refdcn's fastest available backend
   (``backend="auto"``), with offsets (and, for DCNv2, a mask) predicted from
-  the same input by zero-initialised :class:`Conv2d` layers.
+  the same input by a zero-initialised :class:`Conv2d`.
 """
 
 import numpy as np
@@ -25,9 +25,10 @@ from .module import Module, Parameter, uniform_fan_in
 __all__ = ["Conv2d", "DeformConv2d", "grid_im2col", "grid_col2im", "sigmoid", "CONV_METHODS"]
 
 #: How :class:`Conv2d` computes: ``"grid"`` (regular im2col, the default) or
-#: ``"deformable"`` (``refdcn.deform_conv2d`` with zero offsets).  At the shapes
-#: of the scaled-MNIST network ``"grid"`` is several times faster (measured
-#: ratio in the README of the experiment).
+#: ``"deformable"`` (``refdcn.deform_conv2d`` with zero offsets).  Measured on 2
+#: cores, batch 32, 3x3 padding 1, float32, forward + backward: ``"grid"`` is
+#: 1.3-2.9x faster than ``"deformable"`` on the numba backend and ~10x faster
+#: on the numpy backend (16->32 channels at 56x56, 32->64 and 64->128 at 28x28).
 CONV_METHODS = ("grid", "deformable")
 
 
@@ -167,8 +168,9 @@ class Conv2d(Module):
         n = shape[0]
         g = np.ascontiguousarray(grad_output).reshape(n, self.out_channels, -1)
         w2 = self.weight.data.reshape(self.out_channels, -1)
-        # dL/dW = sum_n G_n @ columns_n^T  (one matrix product over all images)
-        self.weight.grad += np.tensordot(g, columns, axes=([0, 2], [0, 2])).reshape(
+        # dL/dW = sum_n G_n @ columns_n^T  (batched products, then the sum over images;
+        # 2-4x faster than np.tensordot, which copies both operands to transpose them)
+        self.weight.grad += np.matmul(g, columns.transpose(0, 2, 1)).sum(axis=0).reshape(
             self.weight.data.shape)
         if self.bias is not None:
             self.bias.grad += g.sum(axis=(0, 2))
@@ -183,16 +185,20 @@ class Conv2d(Module):
 class DeformConv2d(Module):
     """Deformable convolution with its own offset (and mask) predictor.
 
-    ``offset = offset_conv(x)``, for DCNv2 ``mask = sigmoid(mask_conv(x))``,
+    ``z = offset_conv(x)``, ``offset = z[:, :2K]``, for DCNv2
+    ``mask = sigmoid(z[:, 2K:3K])`` (``K = kh*kw``), and
     ``y = refdcn.deform_conv2d(x, offset, weight, bias, stride, padding, mask=mask)``.
 
-    ``offset_conv`` (2*kh*kw channels, torchvision's interleaved (dy, dx)
-    layout) and ``mask_conv`` (kh*kw channels) use the same kernel size,
-    stride and padding as the main convolution (so their output is the size of
-    ``y``), have a bias, and start at zero, weights *and* bias: the layer
-    starts as a plain convolution (offsets 0, mask 0.5 everywhere), as in mmcv
-    and the DCNv2 paper.  Their learning rate is ``offset_lr_mult`` (0.1) times
-    the base rate.
+    ``offset_conv`` predicts the offsets (2K channels, torchvision's interleaved
+    (dy, dx) layout) and, with ``modulation=True``, the mask logits (K more
+    channels): one :class:`Conv2d` with 2K or 3K output channels, which is the
+    same as separate offset and mask convolutions side by side (mmcv's
+    ``ModulatedDeformConv2dPack`` does the same) and shares their im2col.  It
+    has the kernel size, stride and padding of the main convolution (so its
+    output is the size of ``y``), a bias, and starts at zero, weights *and*
+    bias: the layer starts as a plain convolution with offsets 0 and, for
+    DCNv2, mask 0.5 everywhere, as in mmcv and the DCNv2 paper.  Its learning
+    rate is ``offset_lr_mult`` (0.1) times the base rate.
 
     Parameters
     ----------
@@ -230,13 +236,11 @@ class DeformConv2d(Module):
         self.weight = Parameter(uniform_fan_in(rng, shape, fan_in, dtype), f"{name}.weight")
         self.bias = (Parameter(uniform_fan_in(rng, self.out_channels, fan_in, dtype),
                                f"{name}.bias") if bias else None)
-        taps = self.kernel[0] * self.kernel[1]
-        common = dict(kernel_size=self.kernel, stride=self.stride, padding=self.padding,
-                      bias=True, init="zeros", lr_mult=offset_lr_mult, dtype=dtype)
-        self.offset_conv = Conv2d(self.in_channels, 2 * taps, name=f"{name}.offset_conv",
-                                  **common)
-        self.mask_conv = (Conv2d(self.in_channels, taps, name=f"{name}.mask_conv", **common)
-                          if self.modulation else None)
+        self.taps = self.kernel[0] * self.kernel[1]
+        self.offset_conv = Conv2d(self.in_channels, (3 if self.modulation else 2) * self.taps,
+                                  kernel_size=self.kernel, stride=self.stride,
+                                  padding=self.padding, bias=True, init="zeros",
+                                  lr_mult=offset_lr_mult, dtype=dtype, name=f"{name}.offset_conv")
         self._cache = None
 
     def forward(self, x):
@@ -244,15 +248,16 @@ class DeformConv2d(Module):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"DeformConv2d expects input of shape (N, {self.in_channels}, H, W); "
                              f"got {x.shape}")
-        offset = self.offset_conv.forward(x)
-        mask = sigmoid(self.mask_conv.forward(x)) if self.modulation else None
+        z = self.offset_conv.forward(x)
+        offset = z[:, :2 * self.taps]
+        mask = sigmoid(z[:, 2 * self.taps:]) if self.modulation else None
         b = None if self.bias is None else self.bias.data
         self._cache = (x, offset, mask)
         return api.deform_conv2d(x, offset, self.weight.data, b, self.stride, self.padding,
                                  mask=mask, backend=self.backend)
 
     def backward(self, grad_output):
-        """dL/d(output) -> dL/d(input), through the main, offset and mask paths."""
+        """dL/d(output) -> dL/d(input), through the main and the offset/mask paths."""
         x, offset, mask = self._cache
         b = None if self.bias is None else self.bias.data
         g = api.deform_conv2d_backward(grad_output, x, offset, self.weight.data, b, self.stride,
@@ -261,11 +266,12 @@ class DeformConv2d(Module):
         self.weight.grad += g.weight
         if self.bias is not None:
             self.bias.grad += g.bias
-        grad_x = g.input + self.offset_conv.backward(g.offset)
         if self.modulation:
             # d sigmoid(z)/dz = m (1 - m)
-            grad_x += self.mask_conv.backward(g.mask * mask * (1 - mask))
-        return grad_x
+            grad_z = np.concatenate([g.offset, g.mask * mask * (1 - mask)], axis=1)
+        else:
+            grad_z = g.offset
+        return g.input + self.offset_conv.backward(grad_z)
 
     def __repr__(self):
         kind = "DCNv2" if self.modulation else "DCNv1"

@@ -1,7 +1,5 @@
 """Stochastic gradient descent with momentum, weight decay and parameter groups."""
 
-import numpy as np
-
 from .module import Parameter
 
 __all__ = ["SGD"]
@@ -67,7 +65,7 @@ class SGD:
     def step(self):
         """One update of every parameter from its current ``grad``."""
         for group in self.groups:
-            lr = self.lr * group["lr_mult"]
+            lr = float(self.lr * group["lr_mult"])   # a Python float keeps float32 float32
             wd = group["weight_decay"]
             for p in group["params"]:
                 g = p.grad + wd * p.data if wd else p.grad.copy()
