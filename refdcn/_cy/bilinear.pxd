@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 #
 # MIRROR OF refdcn/bilinear.py -- CHANGE BOTH FILES TOGETHER.
 #

@@ -18,34 +18,45 @@ false (pass any array of the right dtype).
 
 How they are organised
 ----------------------
-For every image, offset group and *tile* of output pixels, a table is filled
-once per (tap, pixel): the sampling point (:func:`sampling_point`), its
-floor corner and fractions (:func:`locate`), the corner weights
-(:func:`corner_weights`) and the mask.  The table is then reused by every
-channel of the offset group.  All scalar math comes from ``bilinear.pxd``,
-the mirror of :mod:`refdcn.bilinear`.
+A *sampling point* is one (image, offset group, tap, output pixel).  Its
+location -- :func:`sampling_point`, :func:`locate`, :func:`corner_weights`,
+the mask -- is computed once, into a small table (``Point``), and reused by
+every channel of its offset group.  All scalar math comes from
+``bilinear.pxd``, the mirror of :mod:`refdcn.bilinear`; the channel loops add
+only the weighted sum of the four corners (the last line of
+:func:`interpolate`, with the weights already computed), in double precision
+and in the same order as the "numpy" backend, so that im2col's columns are
+bitwise the same as that backend's.
 
 Corner reads go to a *padded* copy of each image plane: two zero rows/columns
 before and one after, shape (H+3, W+3).  Every corner :func:`locate` can
 return -- ``OUTSIDE = -2`` for inactive and NaN points, ``-1 .. H-1`` for
 active ones -- then has its 2x2 block inside the padded plane, so the inner
-loops read four values without any test, and a corner outside the image reads
+loops read four values without a test, and a corner outside the image reads
 exactly 0, which is what :func:`corners` returns for it.  Huge, infinite and
-NaN offsets are never turned into an index other than ``OUTSIDE``.
+NaN offsets never become an index other than ``OUTSIDE``.
 
-Parallel structure (OpenMP ``prange`` when compiled with it, serial loops
-otherwise, from the same source)
-* im2col: over rows (channel, tap) of the column matrix;
-* col2im: over input channels -- each thread scatters into its own planes, so
-  the scatter is race-free, and each plane receives its contributions in a
-  fixed order (tile, tap, pixel) whatever the number of threads;
-* coordinate gradients: over (tap, chunk of pixels); each output element sums
-  its channels in channel order.
-Every image is computed independently of the others, so results are bitwise
-identical for every block size and every number of threads.
+Parallel structure (OpenMP ``prange`` with dynamic scheduling when compiled
+with it, serial loops from the same source otherwise):
+
+* im2col and the coordinate gradients: over *tiles* (image, offset group,
+  ``TILE`` output pixels); a tile fills its table, then sweeps it once per
+  channel of the group (one channel's plane stays in L1).  The coordinate
+  gradients sum over channels in increasing order, in double precision.
+* col2im: per image, the table of all its points (in pixel chunks if it
+  would exceed ``COL2IM_TABLE_BYTES``), filled in parallel; then parallel over
+  input channels: each plane is scattered by exactly one thread, in the fixed
+  order (chunk, tap, pixel), so the scatter is race-free and deterministic.
+
+Every image is computed on its own and every sum has a fixed order, so results
+are bitwise identical for every block size and every number of threads.
+
+Idle OpenMP threads should sleep rather than spin (``OMP_WAIT_POLICY=PASSIVE``,
+set by :mod:`refdcn.backends.cython_cpu` while it imports this module): the
+matrix products between the kernels need the cores.
 """
 
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport prange, threadid
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -71,14 +82,15 @@ cdef extern from *:
 #: Whether this build runs its loops in parallel with OpenMP.
 OPENMP = bool(REFDCN_OPENMP_ON)
 
-#: Zero rows/columns of the padded planes before (= -OUTSIDE) and after the image.
-DEF PAD_BEFORE = 2
-DEF PAD_AFTER = 1
+cdef enum:
+    # zero rows/columns of the padded planes before (= -OUTSIDE) and after the image
+    PAD_BEFORE = 2
+    PAD_AFTER = 1
 
-#: Output pixels per table tile (the table of one tile stays in the L2 cache).
-cdef Py_ssize_t TILE = 1024
-#: Pixels per work item of the coordinate gradients.
-DEF CHUNK = 128
+#: Output pixels per tile: one work item of im2col and of the coordinate gradients.
+cdef Py_ssize_t TILE = 256
+#: Bytes of sampling table col2im may hold for one image (it splits the pixels if more).
+cdef Py_ssize_t COL2IM_TABLE_BYTES = 16 * 2**20
 
 
 def max_threads():
@@ -86,22 +98,52 @@ def max_threads():
     return refdcn_max_threads()
 
 
+def _set_tile(Py_ssize_t pixels):
+    """Set the tile size in output pixels (tests use small tiles); returns the old one."""
+    global TILE
+    if pixels < 1:
+        raise ValueError(f"pixels must be >= 1; got {pixels}")
+    old, TILE = TILE, pixels
+    return old
+
+
+def _set_col2im_table_bytes(Py_ssize_t nbytes):
+    """Set col2im's table budget per image (tests use tiny ones); returns the old one."""
+    global COL2IM_TABLE_BYTES
+    if nbytes < 1:
+        raise ValueError(f"nbytes must be >= 1; got {nbytes}")
+    old, COL2IM_TABLE_BYTES = COL2IM_TABLE_BYTES, nbytes
+    return old
+
+
 cdef struct Geom:
-    Py_ssize_t C, H, W, D, K, kw, sh, sw, ph, pw, dh, dw, out_w, P, cpg, Hp, Wp, plane
+    Py_ssize_t B, C, H, W, D, K, kw, sh, sw, ph, pw, dh, dw, out_w, P, cpg, Hp, Wp, plane
 
 
-cdef Geom _geom(g) except *:
+cdef struct Point:
+    # one sampling point (image, offset group, tap, output pixel): what every channel reuses
+    Py_ssize_t idx          # flat index of the floor corner (y0, x0) in a padded plane
+    double ly, lx           # fractional parts (locate)
+    double w00, w01, w10, w11   # corner weights (corner_weights), times m if folded
+    double m                # the mask, 1 without one
+
+
+cdef Geom _geom(g, Py_ssize_t batch) except *:
     """The sizes of a :class:`refdcn.geometry.Geometry` as a C struct."""
     cdef Geom s
+    s.B = batch
     s.C = g.in_channels
     s.H = g.height
     s.W = g.width
     s.D = g.offset_groups
     s.K = g.kh * g.kw
     s.kw = g.kw
-    s.sh, s.sw = g.stride
-    s.ph, s.pw = g.padding
-    s.dh, s.dw = g.dilation
+    s.sh = g.stride[0]
+    s.sw = g.stride[1]
+    s.ph = g.padding[0]
+    s.pw = g.padding[1]
+    s.dh = g.dilation[0]
+    s.dw = g.dilation[1]
     s.out_w = g.out_w
     s.P = g.out_h * g.out_w
     s.cpg = g.in_channels // g.offset_groups
@@ -111,70 +153,61 @@ cdef Geom _geom(g) except *:
     return s
 
 
-# --------------------------------------------------------------------------- tables
+# --------------------------------------------------------------------------- shared steps
 
-cdef void _fill_table(const real[:, :, ::1] offset, const real[:, :, ::1] mask, bint has_mask,
-                      Py_ssize_t b, Py_ssize_t d, Py_ssize_t t0, Py_ssize_t n, Geom* g,
-                      bint closed, Py_ssize_t* idx, double* frac, double* wt,
-                      double* mk) noexcept nogil:
-    """Sampling location of every (tap k, pixel t0 + q) of a tile, entry ``e = k*n + q``.
+cdef void _fill(Point* pts, Py_ssize_t row, const real[:, :, ::1] offset,
+                const real[:, :, ::1] mask, bint has_mask, Py_ssize_t b, Py_ssize_t d,
+                Py_ssize_t t0, Py_ssize_t n, Geom* g, bint closed, bint fold_mask) noexcept nogil:
+    """The sampling points of taps 0..K-1 and pixels t0..t0+n-1: ``pts[k*row + q]``.
 
-    ``idx[e]``: flat index of the floor corner in a padded plane; ``frac[2e],
-    frac[2e+1]``: ``ly, lx`` (if frac is not NULL); ``wt[4e..4e+3]``: the four
-    corner weights (if wt is not NULL); ``mk[e]``: the mask (1 without one).
+    ``closed``: locate's ``closed_at_minus_one``; ``fold_mask``: store
+    ``m * w_ab`` instead of ``w_ab``.  Serial (called inside parallel loops).
     """
-    cdef Py_ssize_t e, k, q, p, i, j, oy, ox, kk, y0, x0
-    cdef double y, x, ly, lx, w00, w01, w10, w11
+    cdef Py_ssize_t k, q, p, i, j, oy, ox, kk, y0, x0
+    cdef double y, x, ly, lx, m
     cdef bint active
-    for e in prange(g.K * n, schedule="static"):
-        k = e // n
-        q = e - k * n
-        p = t0 + q
+    cdef Point* pt
+    for k in range(g.K):
         i = k // g.kw
         j = k - i * g.kw
-        oy = p // g.out_w
-        ox = p - oy * g.out_w
         kk = d * g.K + k
-        y = sampling_point(oy, g.sh, g.ph, i, g.dh, offset[b, 2 * kk, p])
-        x = sampling_point(ox, g.sw, g.pw, j, g.dw, offset[b, 2 * kk + 1, p])
-        active, y0, x0, ly, lx = locate(y, x, g.H, g.W, closed)
-        # inactive and NaN points have y0 = x0 = OUTSIDE: the all-zero corner block
-        idx[e] = (y0 + PAD_BEFORE) * g.Wp + (x0 + PAD_BEFORE)
-        if frac != NULL:
-            frac[2 * e] = ly
-            frac[2 * e + 1] = lx
-        if wt != NULL:
-            w00, w01, w10, w11 = corner_weights(ly, lx)
-            wt[4 * e] = w00
-            wt[4 * e + 1] = w01
-            wt[4 * e + 2] = w10
-            wt[4 * e + 3] = w11
-        mk[e] = mask[b, kk, p] if has_mask else 1.0
+        for q in range(n):
+            p = t0 + q
+            oy = p // g.out_w
+            ox = p - oy * g.out_w
+            y = sampling_point(oy, g.sh, g.ph, i, g.dh, offset[b, 2 * kk, p])
+            x = sampling_point(ox, g.sw, g.pw, j, g.dw, offset[b, 2 * kk + 1, p])
+            active, y0, x0, ly, lx = locate(y, x, g.H, g.W, closed)
+            pt = pts + k * row + q
+            # inactive and NaN points have y0 = x0 = OUTSIDE: the all-zero corner block
+            pt.idx = (y0 + PAD_BEFORE) * g.Wp + (x0 + PAD_BEFORE)
+            pt.ly = ly
+            pt.lx = lx
+            pt.w00, pt.w01, pt.w10, pt.w11 = corner_weights(ly, lx)
+            m = mask[b, kk, p] if has_mask else 1.0
+            pt.m = m
+            if fold_mask:
+                pt.w00 = m * pt.w00
+                pt.w01 = m * pt.w01
+                pt.w10 = m * pt.w10
+                pt.w11 = m * pt.w11
 
 
-cdef void _pad_image(const real[:, :, :, ::1] input, Py_ssize_t b, real* padded,
-                     Geom* g) noexcept nogil:
-    """Copy image ``b`` into the interiors of the padded planes (borders stay 0)."""
-    cdef Py_ssize_t c, yy
-    for c in prange(g.C, schedule="static"):
+cdef void _pad(const real[:, :, :, ::1] input, real* padded, Geom* g) noexcept nogil:
+    """Copy every plane of ``input`` into the interior of its padded plane (borders stay 0)."""
+    cdef Py_ssize_t bc, yy
+    for bc in prange(g.B * g.C, schedule="static"):
         for yy in range(g.H):
-            memcpy(padded + c * g.plane + (yy + PAD_BEFORE) * g.Wp + PAD_BEFORE,
-                   &input[b, c, yy, 0], g.W * sizeof(real))
-
-
-cdef real* _alloc_padded(Geom* g, real dummy) except NULL:
-    cdef size_t nbytes = g.C * g.plane * sizeof(real)
-    cdef real* p = <real*>malloc(nbytes if nbytes else 1)
-    if p == NULL:
-        raise MemoryError(f"cannot allocate {nbytes} bytes of padded image planes")
-    memset(p, 0, nbytes)
-    return p
+            memcpy(padded + bc * g.plane + (yy + PAD_BEFORE) * g.Wp + PAD_BEFORE,
+                   &input[bc // g.C, bc % g.C, yy, 0], g.W * sizeof(real))
 
 
 cdef void* _alloc(size_t nbytes) except NULL:
+    """``nbytes`` of zeroed scratch memory (free with ``free``)."""
     cdef void* p = malloc(nbytes if nbytes else 1)
     if p == NULL:
-        raise MemoryError(f"cannot allocate {nbytes} bytes of sampling tables")
+        raise MemoryError(f"cannot allocate {nbytes} bytes of scratch memory")
+    memset(p, 0, nbytes)
     return p
 
 
@@ -185,51 +218,49 @@ def im2col_into(const real[:, :, :, ::1] input, const real[:, :, ::1] offset,
     """Deformable im2col: ``columns[b, c*K + k, p] = m * S(input[b, c], y, x)``.
 
     Shapes: input (B, C_in, H, W), offset (B, 2*D*K, P), mask (B, D*K, P),
-    columns (B, C_in*K, P) (written).
+    columns (B, C_in*K, P) (written).  Parallel over tiles (image, offset
+    group, pixels t0..t0+T-1); each fills its table once and serves the
+    group's channels from it.
     """
-    cdef Geom g = _geom(geom)
-    cdef Py_ssize_t B = input.shape[0]
-    cdef Py_ssize_t T = min(TILE, g.P)
-    cdef Py_ssize_t b, d, t0, n, r, c, k, q, e, ii, Wp = g.Wp
+    cdef Geom g = _geom(geom, input.shape[0])
+    cdef Py_ssize_t T = max(1, min(TILE, g.P))
+    cdef Py_ssize_t ntiles = (g.P + T - 1) // T
+    cdef Py_ssize_t it, b, d, tile, t0, n, c, k, q, ii, Wp = g.Wp
     cdef const real* src
     cdef real* dst
+    cdef Point* pts
+    cdef Point* pk
     cdef double v
-    cdef real* padded = _alloc_padded(&g, 0)
-    cdef Py_ssize_t* idx = NULL
-    cdef double* wt = NULL
-    cdef double* mk = NULL
+    cdef real* padded = NULL
+    cdef Point* tables = NULL
     try:
-        idx = <Py_ssize_t*>_alloc(g.K * T * sizeof(Py_ssize_t))
-        wt = <double*>_alloc(4 * g.K * T * sizeof(double))
-        mk = <double*>_alloc(g.K * T * sizeof(double))
+        padded = <real*>_alloc(g.B * g.C * g.plane * sizeof(real))
+        tables = <Point*>_alloc(refdcn_max_threads() * g.K * T * sizeof(Point))
         with nogil:
-            for b in range(B):
-                _pad_image(input, b, padded, &g)
-                for d in range(g.D):
-                    for t0 in range(0, g.P, T):
-                        n = min(T, g.P - t0)
-                        _fill_table(offset, mask, has_mask, b, d, t0, n, &g, False,
-                                    idx, NULL, wt, mk)
-                        # one row (channel c, tap k) of the columns per iteration
-                        for r in prange(g.cpg * g.K, schedule="static"):
-                            c = d * g.cpg + r // g.K
-                            k = r - (r // g.K) * g.K
-                            src = padded + c * g.plane
-                            dst = &columns[b, c * g.K + k, t0]
-                            for q in range(n):
-                                e = k * n + q
-                                ii = idx[e]
-                                # the last line of bilinear.interpolate, with the weights
-                                # of corner_weights computed once per sampling point
-                                v = (wt[4 * e] * src[ii] + wt[4 * e + 1] * src[ii + 1]
-                                     + wt[4 * e + 2] * src[ii + Wp]
-                                     + wt[4 * e + 3] * src[ii + Wp + 1])
-                                dst[q] = <real>(mk[e] * v)
+            _pad(input, padded, &g)
+            for it in prange(g.B * g.D * ntiles, schedule="dynamic"):
+                b = it // (g.D * ntiles)
+                d = (it // ntiles) % g.D
+                tile = it % ntiles
+                t0 = tile * T
+                n = min(T, g.P - t0)
+                pts = tables + threadid() * g.K * T
+                _fill(pts, n, offset, mask, has_mask, b, d, t0, n, &g, False, False)
+                for c in range(d * g.cpg, (d + 1) * g.cpg):
+                    src = padded + (b * g.C + c) * g.plane
+                    for k in range(g.K):
+                        dst = &columns[b, c * g.K + k, t0]
+                        pk = pts + k * n
+                        for q in range(n):
+                            ii = pk[q].idx
+                            # the last line of bilinear.interpolate, with the weights
+                            # of corner_weights computed once per sampling point
+                            v = (pk[q].w00 * src[ii] + pk[q].w01 * src[ii + 1]
+                                 + pk[q].w10 * src[ii + Wp] + pk[q].w11 * src[ii + Wp + 1])
+                            dst[q] = <real>(pk[q].m * v)
     finally:
         free(padded)
-        free(idx)
-        free(wt)
-        free(mk)
+        free(tables)
 
 
 # --------------------------------------------------------------------------- col2im
@@ -239,62 +270,70 @@ def col2im_into(const real[:, :, ::1] grad_columns, const real[:, :, ::1] offset
     """Adjoint of :func:`im2col_into`: ``grad_input[b, c, corner] += m * w_ab * grad_columns``.
 
     Shapes: grad_columns (B, C_in*K, P), offset (B, 2*D*K, P), mask (B, D*K, P),
-    grad_input (B, C_in, H, W) (overwritten).  Parallel over input channels:
-    each plane is written by one thread, in the fixed order (tile, tap, pixel).
+    grad_input (B, C_in, H, W) (overwritten).  Per image (and chunk of pixels,
+    if its table would exceed ``COL2IM_TABLE_BYTES``): first the table of every
+    sampling point, in parallel; then parallel over input channels, each
+    channel's plane scattered by one thread in the fixed order (chunk, tap,
+    pixel): race-free and deterministic.  The planes accumulate in double
+    precision (also for float32) and are rounded once at the end.
     """
-    cdef Geom g = _geom(geom)
-    cdef Py_ssize_t B = grad_columns.shape[0]
-    cdef Py_ssize_t T = min(TILE, g.P)
-    cdef Py_ssize_t b, d, t0, n, c, k, q, e, ii, yy, Wp = g.Wp
+    cdef Geom g = _geom(geom, grad_columns.shape[0])
+    cdef Py_ssize_t per_pixel = g.D * g.K * sizeof(Point)
+    cdef Py_ssize_t PT = max(1, min(g.P, COL2IM_TABLE_BYTES // per_pixel))
+    cdef Py_ssize_t nchunks = (g.P + PT - 1) // PT
+    cdef Py_ssize_t T = max(1, min(TILE, PT))
+    cdef Py_ssize_t ntiles = (PT + T - 1) // T
+    cdef Py_ssize_t b, chunk, p0, np_, it, d, tile, t0, n, c, k, q, ii, yy, xx, Wp = g.Wp
     cdef const real* gsrc
-    cdef real* acc
+    cdef double* acc
+    cdef real* gout
+    cdef const double* arow
+    cdef Point* pk
     cdef double gv
-    cdef real* padded = _alloc_padded(&g, 0)
-    cdef Py_ssize_t* idx = NULL
-    cdef double* wt = NULL
-    cdef double* mk = NULL
+    cdef double* padded = NULL
+    cdef Point* table = NULL
     try:
-        idx = <Py_ssize_t*>_alloc(g.K * T * sizeof(Py_ssize_t))
-        wt = <double*>_alloc(4 * g.K * T * sizeof(double))
-        mk = <double*>_alloc(g.K * T * sizeof(double))
+        padded = <double*>_alloc(g.C * g.plane * sizeof(double))
+        table = <Point*>_alloc(g.D * g.K * PT * sizeof(Point))
         with nogil:
-            for b in range(B):
-                for c in prange(g.C, schedule="static"):
-                    memset(padded + c * g.plane, 0, g.plane * sizeof(real))
-                for d in range(g.D):
-                    for t0 in range(0, g.P, T):
-                        n = min(T, g.P - t0)
-                        _fill_table(offset, mask, has_mask, b, d, t0, n, &g, False,
-                                    idx, NULL, wt, mk)
-                        # fold the mask into the weights: m * w_ab, once per point
-                        for e in prange(g.K * n, schedule="static"):
-                            wt[4 * e] = mk[e] * wt[4 * e]
-                            wt[4 * e + 1] = mk[e] * wt[4 * e + 1]
-                            wt[4 * e + 2] = mk[e] * wt[4 * e + 2]
-                            wt[4 * e + 3] = mk[e] * wt[4 * e + 3]
-                        for c in prange(d * g.cpg, (d + 1) * g.cpg, schedule="static"):
-                            acc = padded + c * g.plane
-                            for k in range(g.K):
-                                gsrc = &grad_columns[b, c * g.K + k, t0]
-                                for q in range(n):
-                                    e = k * n + q
-                                    ii = idx[e]
-                                    gv = gsrc[q]
-                                    acc[ii] += <real>(wt[4 * e] * gv)
-                                    acc[ii + 1] += <real>(wt[4 * e + 1] * gv)
-                                    acc[ii + Wp] += <real>(wt[4 * e + 2] * gv)
-                                    acc[ii + Wp + 1] += <real>(wt[4 * e + 3] * gv)
-                # the interiors are the gradient; the border collected what fell outside
-                for c in prange(g.C, schedule="static"):
-                    for yy in range(g.H):
-                        memcpy(&grad_input[b, c, yy, 0],
-                               padded + c * g.plane + (yy + PAD_BEFORE) * Wp + PAD_BEFORE,
-                               g.W * sizeof(real))
+            for b in range(g.B):
+                for chunk in range(nchunks):
+                    p0 = chunk * PT
+                    np_ = min(PT, g.P - p0)
+                    # table of group d: table[d*K*np_ + k*np_ + q], filled tile by tile
+                    for it in prange(g.D * ntiles, schedule="dynamic"):
+                        d = it // ntiles
+                        t0 = (it % ntiles) * T
+                        if t0 < np_:
+                            n = min(T, np_ - t0)
+                            _fill(table + d * g.K * np_ + t0, np_, offset, mask, has_mask, b,
+                                  d, p0 + t0, n, &g, False, True)
+                    for c in prange(g.C, schedule="dynamic"):
+                        acc = padded + c * g.plane
+                        if chunk == 0:
+                            memset(acc, 0, g.plane * sizeof(double))
+                        d = c // g.cpg
+                        for k in range(g.K):
+                            gsrc = &grad_columns[b, c * g.K + k, p0]
+                            pk = table + (d * g.K + k) * np_
+                            for q in range(np_):
+                                ii = pk[q].idx
+                                gv = gsrc[q]
+                                acc[ii] = acc[ii] + pk[q].w00 * gv
+                                acc[ii + 1] = acc[ii + 1] + pk[q].w01 * gv
+                                acc[ii + Wp] = acc[ii + Wp] + pk[q].w10 * gv
+                                acc[ii + Wp + 1] = acc[ii + Wp + 1] + pk[q].w11 * gv
+                        if chunk == nchunks - 1:
+                            # the interior is the gradient; the border collected what fell
+                            # outside the image (and NaN points), and is dropped
+                            for yy in range(g.H):
+                                gout = &grad_input[b, c, yy, 0]
+                                arow = acc + (yy + PAD_BEFORE) * Wp + PAD_BEFORE
+                                for xx in range(g.W):
+                                    gout[xx] = <real>arow[xx]
     finally:
         free(padded)
-        free(idx)
-        free(wt)
-        free(mk)
+        free(table)
 
 
 # --------------------------------------------------------------------------- coordinate gradients
@@ -312,80 +351,78 @@ def coordinate_gradients_into(const real[:, :, ::1] grad_columns,
     ``d`` in increasing order, in double precision).  Shapes: grad_columns
     (B, C_in*K, P), input (B, C_in, H, W), offset / grad_offset (B, 2*D*K, P),
     mask / grad_mask (B, D*K, P); grad_mask is written only if ``has_mask``.
+    Parallel over tiles (image, offset group, pixels), like :func:`im2col_into`.
     """
-    cdef Geom g = _geom(geom)
-    cdef Py_ssize_t B = input.shape[0]
-    cdef Py_ssize_t T = min(TILE, g.P)
-    cdef Py_ssize_t nchunks, it, s0, s1, s, b, d, t0, n, c, k, q, e, ii, kk, Wp = g.Wp
+    cdef Geom g = _geom(geom, input.shape[0])
+    cdef Py_ssize_t T = max(1, min(TILE, g.P))
+    cdef Py_ssize_t ntiles = (g.P + T - 1) // T
+    cdef Py_ssize_t it, b, d, tile, t0, n, c, k, q, e, ii, kk, Wp = g.Wp
+    cdef Py_ssize_t KT = g.K * T
     cdef bint closed = convention == BORDER_TORCHVISION
     cdef const real* src
     cdef const real* grow
+    cdef Point* pts
+    cdef Point* pt
     cdef double* acc
-    cdef double v00, v01, v10, v11, d_dy, d_dx, gv
-    cdef real* padded = _alloc_padded(&g, 0)
-    cdef Py_ssize_t* idx = NULL
-    cdef double* frac = NULL
-    cdef double* wt = NULL
-    cdef double* mk = NULL
+    cdef double v00, q00, q01, q10, q11, d_dy, d_dx, gv
+    cdef real* padded = NULL
+    cdef Point* tables = NULL
+    cdef double* accs = NULL
     try:
-        idx = <Py_ssize_t*>_alloc(g.K * T * sizeof(Py_ssize_t))
-        frac = <double*>_alloc(2 * g.K * T * sizeof(double))
-        wt = <double*>_alloc(4 * g.K * T * sizeof(double))
-        mk = <double*>_alloc(g.K * T * sizeof(double))
+        padded = <real*>_alloc(g.B * g.C * g.plane * sizeof(real))
+        tables = <Point*>_alloc(refdcn_max_threads() * KT * sizeof(Point))
+        accs = <double*>_alloc(refdcn_max_threads() * 4 * KT * sizeof(double))
         with nogil:
-            for b in range(B):
-                _pad_image(input, b, padded, &g)
-                for d in range(g.D):
-                    for t0 in range(0, g.P, T):
-                        n = min(T, g.P - t0)
-                        _fill_table(offset, mask, has_mask, b, d, t0, n, &g, closed,
-                                    idx, frac, wt, mk)
-                        nchunks = (n + CHUNK - 1) // CHUNK
-                        with parallel():
-                            acc = <double*>malloc(3 * CHUNK * sizeof(double))
-                            if acc != NULL:
-                                for it in prange(g.K * nchunks, schedule="static"):
-                                    k = it // nchunks
-                                    s0 = (it - k * nchunks) * CHUNK
-                                    s1 = min(n, s0 + CHUNK)
-                                    memset(acc, 0, 3 * CHUNK * sizeof(double))
-                                    for c in range(d * g.cpg, (d + 1) * g.cpg):
-                                        src = padded + c * g.plane
-                                        grow = &grad_columns[b, c * g.K + k, t0]
-                                        for q in range(s0, s1):
-                                            e = k * n + q
-                                            ii = idx[e]
-                                            v00 = src[ii]
-                                            v01 = src[ii + 1]
-                                            v10 = src[ii + Wp]
-                                            v11 = src[ii + Wp + 1]
-                                            d_dy, d_dx = interpolate_gradient(
-                                                v00, v01, v10, v11, frac[2 * e], frac[2 * e + 1])
-                                            gv = grow[q]
-                                            s = q - s0
-                                            acc[s] += gv * d_dy
-                                            acc[CHUNK + s] += gv * d_dx
-                                            if has_mask:
-                                                # bilinear.interpolate with precomputed weights
-                                                acc[2 * CHUNK + s] += gv * (
-                                                    wt[4 * e] * v00 + wt[4 * e + 1] * v01
-                                                    + wt[4 * e + 2] * v10 + wt[4 * e + 3] * v11)
-                                    kk = d * g.K + k
-                                    for q in range(s0, s1):
-                                        e = k * n + q
-                                        s = q - s0
-                                        grad_offset[b, 2 * kk, t0 + q] = <real>(mk[e] * acc[s])
-                                        grad_offset[b, 2 * kk + 1, t0 + q] = <real>(
-                                            mk[e] * acc[CHUNK + s])
-                                        if has_mask:
-                                            grad_mask[b, kk, t0 + q] = <real>acc[2 * CHUNK + s]
-                            free(acc)
+            _pad(input, padded, &g)
+            for it in prange(g.B * g.D * ntiles, schedule="dynamic"):
+                b = it // (g.D * ntiles)
+                d = (it // ntiles) % g.D
+                tile = it % ntiles
+                t0 = tile * T
+                n = min(T, g.P - t0)
+                pts = tables + threadid() * KT
+                acc = accs + threadid() * 4 * KT
+                _fill(pts, n, offset, mask, has_mask, b, d, t0, n, &g, closed, False)
+                memset(acc, 0, 4 * KT * sizeof(double))
+                # dS/dy, dS/dx and S are linear in the four corner values, with
+                # coefficients fixed by the point (ly, lx): the sum over channels of
+                # g_c times them is interpolate_gradient / interpolate of the g-weighted
+                # corner sums.  Per channel only those sums are accumulated, in channel
+                # order, relative to v00 (q_ab = sum g (v_ab - v00), q00 = sum g v00) so
+                # that the derivatives never cancel a common level of the corners.
+                for c in range(d * g.cpg, (d + 1) * g.cpg):
+                    src = padded + (b * g.C + c) * g.plane
+                    for k in range(g.K):
+                        grow = &grad_columns[b, c * g.K + k, t0]
+                        for q in range(n):
+                            e = k * n + q
+                            ii = pts[e].idx
+                            v00 = src[ii]
+                            gv = grow[q]
+                            acc[KT + e] += gv * (src[ii + 1] - v00)
+                            acc[2 * KT + e] += gv * (src[ii + Wp] - v00)
+                            acc[3 * KT + e] += gv * (src[ii + Wp + 1] - v00)
+                            if has_mask:
+                                acc[e] += gv * v00
+                for k in range(g.K):
+                    kk = d * g.K + k
+                    for q in range(n):
+                        e = k * n + q
+                        pt = pts + e
+                        q00 = acc[e]
+                        q01 = acc[KT + e]
+                        q10 = acc[2 * KT + e]
+                        q11 = acc[3 * KT + e]
+                        d_dy, d_dx = interpolate_gradient(0.0, q01, q10, q11, pt.ly, pt.lx)
+                        grad_offset[b, 2 * kk, t0 + q] = <real>(pt.m * d_dy)
+                        grad_offset[b, 2 * kk + 1, t0 + q] = <real>(pt.m * d_dx)
+                        if has_mask:
+                            grad_mask[b, kk, t0 + q] = <real>interpolate(
+                                q00, q00 + q01, q00 + q10, q00 + q11, pt.ly, pt.lx)
     finally:
         free(padded)
-        free(idx)
-        free(frac)
-        free(wt)
-        free(mk)
+        free(tables)
+        free(accs)
 
 
 # --------------------------------------------------------------------------- mirror checks

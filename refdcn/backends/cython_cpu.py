@@ -1,0 +1,172 @@
+"""Backend ``"cython"``: compiled Cython column kernels + one matrix product per group.
+
+The deformable sampling steps (im2col, col2im, coordinate gradients) are the
+typed-memoryview, ``nogil`` kernels of ``refdcn/_cy/kernels.pyx``, parallel
+with OpenMP ``prange`` when the extension was compiled with ``-fopenmp``
+(:data:`OPENMP`); their scalar math is ``refdcn/_cy/bilinear.pxd``, the
+line-for-line mirror of :mod:`refdcn.bilinear`.  The matrix products and the
+blocking over images are :mod:`refdcn.blocking` (NumPy's BLAS), as for the
+other CPU backends.
+
+The extension ``refdcn._cy.kernels`` is built by ``pip install .`` (see
+``setup.py``).  When it is missing, importing this module raises ImportError
+with the reason, and :func:`refdcn.backends.unavailable` reports it; importing
+refdcn itself never fails.
+"""
+
+import os
+import threading
+
+import numpy as np
+
+from .. import blocking
+
+
+def _import_kernels():
+    """Import the extension with OpenMP threads that sleep, rather than spin, when idle.
+
+    GNU OpenMP reads ``OMP_WAIT_POLICY`` once, when it is loaded (here, by
+    this import).  Its default lets idle threads spin for milliseconds after
+    every parallel loop, which steals the cores from the BLAS threads of the
+    matrix products that follow and, on a shared machine, from everyone: 5-7x
+    slower kernels measured on a loaded 2-core machine.  ``PASSIVE`` is set
+    only for the duration of the import and only if the user chose nothing.
+    """
+    chosen = "OMP_WAIT_POLICY" in os.environ
+    if not chosen:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        from .._cy import kernels
+    finally:
+        if not chosen:
+            del os.environ["OMP_WAIT_POLICY"]
+    return kernels
+
+
+try:
+    _kernels = _import_kernels()
+except ImportError as exc:          # not built (no compiler), or built for another Python
+    raise ImportError("the Cython extension refdcn._cy.kernels was not built: reinstall refdcn "
+                      f"from source with a C compiler: pip install . ({exc})") from None
+
+NAME = "cython"
+DEVICE = "cpu"
+
+#: Whether the compiled kernels run in parallel (OpenMP); False for a serial build.
+OPENMP = bool(_kernels.OPENMP)
+
+DESCRIPTION = ("compiled Cython im2col/col2im kernels "
+               + (f"(OpenMP, {_kernels.max_threads()} threads)" if OPENMP
+                  else "(serial build: compiled without OpenMP)")
+               + " + one matrix product per group")
+
+
+def threads():
+    """Number of threads the kernels use (1 for a serial build; ``OMP_NUM_THREADS`` sets it)."""
+    return _kernels.max_threads()
+
+
+class _Lease:
+    """The owner of a column buffer handed out by :func:`_columns_buffer`.
+
+    The returned array and all its views keep the lease alive; when the last
+    of them dies, the buffer becomes the spare again.  (Lifetime, not
+    reference counts, decides: a buffer in use is never handed out twice.)
+    """
+
+    def __init__(self, buffer):
+        self.buffer = buffer
+        self.__array_interface__ = buffer.__array_interface__
+
+    def __del__(self):
+        global _spare
+        _spare = self.buffer
+
+
+#: One spare column buffer (at most :data:`SPARE_LIMIT` bytes) for the next im2col
+#: of the same shape: a fresh buffer costs a page fault per 4 KiB on every call
+#: (about 2 ms per 36 MiB, 4% of a forward pass).  The spare stays allocated
+#: between calls; ``SPARE_LIMIT = 0`` disables it.
+_spare = None
+_spare_lock = threading.Lock()
+SPARE_LIMIT = 64 * 2**20
+
+
+def _columns_buffer(shape, dtype):
+    """An uninitialised array of ``shape`` and ``dtype``, the spare one if it fits."""
+    global _spare
+    with _spare_lock:
+        buf, _spare = _spare, None
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = np.empty(shape, dtype)
+        if buf.nbytes > SPARE_LIMIT:
+            return buf
+    return np.asarray(_Lease(buf))
+
+
+def _flat(array, batch):
+    """(B, channels, H_out, W_out) -> (B, channels, H_out*W_out), a view."""
+    return array.reshape(batch, array.shape[1], -1)
+
+
+def _mask_args(mask, offset_flat, batch):
+    """(mask array, has_mask); the offset stands in for an absent mask (never read)."""
+    if mask is None:
+        return offset_flat, False
+    return _flat(mask, batch), True
+
+
+def im2col(input, offset, mask, geom, dtype):
+    """Deformable im2col (see :mod:`refdcn.blocking`).
+
+    Shapes: input (B, C_in, H, W), offset (B, 2*D*kh*kw, H_out, W_out), mask
+    (B, D*kh*kw, H_out, W_out) or None -> columns (B, C_in*kh*kw, H_out*W_out).
+    """
+    B = geom.batch
+    columns = _columns_buffer((B, geom.in_channels * geom.taps, geom.out_pixels), np.dtype(dtype))
+    off = _flat(offset, B)
+    m, has_mask = _mask_args(mask, off, B)
+    _kernels.im2col_into(input, off, m, has_mask, columns, geom)
+    return columns
+
+
+def col2im(grad_columns, offset, mask, geom, grad_input):
+    """Adjoint of :func:`im2col`: writes ``grad_input`` (B, C_in, H, W)."""
+    B = geom.batch
+    off = _flat(offset, B)
+    m, has_mask = _mask_args(mask, off, B)
+    _kernels.col2im_into(grad_columns, off, m, has_mask, grad_input, geom)
+
+
+def coordinate_gradients(grad_columns, input, offset, mask, geom, convention, grad_offset,
+                         grad_mask):
+    """Writes ``grad_offset`` (B, 2*D*kh*kw, H_out, W_out) and ``grad_mask`` (if not None)."""
+    B = geom.batch
+    off = _flat(offset, B)
+    m, has_mask = _mask_args(mask, off, B)
+    go = _flat(grad_offset, B)
+    if (grad_mask is None) != (mask is None):
+        raise ValueError("grad_mask must be given exactly when mask is given")
+    gm = go if grad_mask is None else _flat(grad_mask, B)
+    _kernels.coordinate_gradients_into(grad_columns, input, off, m, has_mask, int(convention),
+                                       go, gm, geom)
+
+
+def forward(input, offset, mask, weight, bias, geom, dtype):
+    """Forward pass (see :func:`refdcn.blocking.forward`)."""
+    return blocking.forward(_KERNELS, input, offset, mask, weight, bias, geom, dtype)
+
+
+def backward(grad_output, input, offset, mask, weight, bias, geom, dtype, convention):
+    """The five gradients (see :func:`refdcn.blocking.backward`)."""
+    return blocking.backward(_KERNELS, grad_output, input, offset, mask, weight, bias, geom,
+                             dtype, convention)
+
+
+class _Kernels:
+    im2col = staticmethod(im2col)
+    col2im = staticmethod(col2im)
+    coordinate_gradients = staticmethod(coordinate_gradients)
+
+
+_KERNELS = _Kernels()

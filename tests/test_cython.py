@@ -1,0 +1,353 @@
+"""The "cython" backend: the build, the mirror of refdcn/bilinear.py, the kernels.
+
+* CI sets ``REFDCN_REQUIRE_CYTHON=1``: then a missing or broken extension fails
+  :func:`test_extension_is_built` instead of skipping everything silently.
+* ``refdcn/_cy/bilinear.pxd`` must mirror ``refdcn/bilinear.py``: same functions
+  in the same order with the same parameters, and bitwise the same results on
+  a grid of awkward coordinates (-1, 0, H-1, H, fractions, 1e30, inf, NaN).
+* The kernels: bitwise the same columns as the "numpy" backend; agreement with
+  the loop reference (also with tiny tiles and col2im chunks, so that every
+  boundary is crossed, and with a large common level of the input); bitwise
+  independence of the block size, of the run and of the number of threads;
+  huge, infinite and NaN offsets handled as the "numpy" backend does; the
+  reused column buffer is never handed out while in use.
+"""
+
+import ast
+import itertools
+import math
+import os
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+import refdcn
+from refdcn import backends, bilinear, blocking
+from refdcn.geometry import check_arguments
+from refdcn.reference import im2col as numpy_backend
+from refdcn.testing import compare, make_case, reference_results
+from refdcn.tolerances import FLOAT64_RTOL, relative_error
+
+ROOT = pathlib.Path(refdcn.__file__).parent
+CONVENTIONS = {"torchvision": bilinear.BORDER_TORCHVISION, "mmcv": bilinear.BORDER_MMCV}
+
+
+def test_extension_is_built():
+    """Fails under REFDCN_REQUIRE_CYTHON=1 when the backend is unavailable; else skips."""
+    if "cython" in backends.available():
+        assert backends.get("cython").NAME == "cython"
+        return
+    reason = backends.unavailable()["cython"]
+    if os.environ.get("REFDCN_REQUIRE_CYTHON") == "1":
+        pytest.fail(f"REFDCN_REQUIRE_CYTHON=1 but the 'cython' backend is unavailable: {reason}")
+    pytest.skip(f"'cython' backend unavailable: {reason}")
+
+
+def _backend():
+    if "cython" not in backends.available():
+        pytest.skip(f"'cython' backend unavailable: {backends.unavailable()['cython']}")
+    return backends.get("cython")
+
+
+@pytest.fixture(scope="module")
+def cy():
+    return _backend()
+
+
+@pytest.fixture(scope="module")
+def kernels(cy):
+    from refdcn._cy import kernels
+    return kernels
+
+
+# --------------------------------------------------------------------------- the mirror
+
+def _python_functions():
+    """[(name, [parameter names])] of the top-level functions of refdcn/bilinear.py, in order."""
+    tree = ast.parse((ROOT / "bilinear.py").read_text())
+    return [(f.name, [a.arg for a in f.args.args]) for f in tree.body
+            if isinstance(f, ast.FunctionDef)]
+
+
+def _pxd_functions():
+    """[(name, [parameter names])] of the ``cdef inline`` functions of bilinear.pxd, in order."""
+    text = (ROOT / "_cy" / "bilinear.pxd").read_text()
+    found = []
+    for m in re.finditer(r"^cdef inline\s+(?:\([^)]*\)|[\w ]+?)\s+(\w+)\((.*?)\)\s*noexcept",
+                         text, re.M | re.S):
+        signature = re.sub(r"\[[^\]]*\]", "", m.group(2))      # drop memoryview axes
+        params = [p.split()[-1] for p in signature.split(",") if p.strip()]
+        found.append((m.group(1), params))
+    return found
+
+
+def test_pxd_mirrors_function_names_order_and_parameters():
+    python, pxd = _python_functions(), _pxd_functions()
+    assert [n for n, _ in python], "no functions found in bilinear.py"
+    assert pxd == python
+
+
+def test_pxd_mirrors_constants():
+    text = (ROOT / "_cy" / "bilinear.pxd").read_text()
+    block = re.search(r"^cdef enum:\n((?:    .*\n)+)", text, re.M).group(1)
+    values = dict(re.findall(r"(\w+)\s*=\s*(-?\d+)", block))
+    expected = {name: getattr(bilinear, name)
+                for name in ("BORDER_TORCHVISION", "BORDER_MMCV", "OUTSIDE")}
+    assert {k: int(v) for k, v in values.items()} == expected
+
+
+def _same(a, b):
+    """Bitwise equality of nested tuples of numbers (NaN equals NaN, -0.0 differs from 0.0)."""
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        return (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b)
+                and all(_same(x, y) for x, y in zip(a, b)))
+    if isinstance(a, (bool, np.bool_)) or isinstance(b, (bool, np.bool_)):
+        return bool(a) == bool(b) and isinstance(b, (bool, np.bool_, int))
+    return np.float64(a).tobytes() == np.float64(b).tobytes()
+
+
+PLANE = np.arange(1.0, 13.0).reshape(3, 4)          # H = 3, W = 4
+H, W = PLANE.shape
+COORDS = [-math.inf, -1e30, -2.0, -1.5, -1.0, -0.75, -0.0, 0.0, 0.3, 1.0, 1.5, H - 1.0,
+          H - 0.5, float(H), W - 1.0, W - 0.25, float(W), 4.5, 1e30, math.inf, math.nan]
+
+
+def test_mirror_locate_and_samples_are_bitwise_equal(kernels):
+    """Against the Python functions on a float64 plane.
+
+    (On float32 planes the Python scalar code would round some steps to
+    float32 -- NumPy's scalar promotion -- while every compiled kernel, like
+    the "numpy" backend's arrays, computes in double; the float32
+    specialisation must equal the float64 one on the same values.)
+    """
+    p32 = PLANE.astype(np.float32)
+    for y, x in itertools.product(COORDS, COORDS):
+        for closed in (False, True):
+            got = kernels._py_locate(y, x, H, W, closed)
+            want = bilinear.locate(y, x, H, W, closed)
+            assert _same(got, want), (y, x, closed, got, want)
+        sample = kernels._py_bilinear_sample(PLANE, H, W, y, x)
+        assert _same(sample, bilinear.bilinear_sample(PLANE, H, W, y, x)), (y, x)
+        assert _same(kernels._py_bilinear_sample(p32, H, W, y, x), sample), (y, x)
+        for conv in CONVENTIONS.values():
+            gradient = kernels._py_bilinear_gradient(PLANE, H, W, y, x, conv)
+            assert _same(gradient, bilinear.bilinear_gradient(PLANE, H, W, y, x, conv)), (y, x)
+            assert _same(kernels._py_bilinear_gradient(p32, H, W, y, x, conv), gradient), (y, x)
+
+
+def test_mirror_pixels_and_corners(kernels):
+    p32 = PLANE.astype(np.float32)
+    for yy, xx in itertools.product(range(-3, H + 2), range(-3, W + 2)):
+        assert kernels._py_in_image(yy, xx, H, W) == bilinear.in_image(yy, xx, H, W)
+        for plane in (PLANE, p32):
+            assert _same(kernels._py_pixel(plane, yy, xx, H, W),
+                         bilinear.pixel(PLANE, yy, xx, H, W))
+            assert _same(kernels._py_corners(plane, yy, xx, H, W),
+                         bilinear.corners(PLANE, yy, xx, H, W))
+
+
+def test_mirror_arithmetic(kernels):
+    rng = np.random.default_rng(0)
+    fractions = [0.0, -0.0, 0.25, 0.5, 0.999999, 1 / 3, math.nan] + list(rng.uniform(size=5))
+    for ly, lx in itertools.product(fractions, fractions):
+        assert _same(kernels._py_corner_weights(ly, lx), bilinear.corner_weights(ly, lx))
+        v = tuple(float(t) for t in rng.normal(size=4) * 10.0 ** rng.integers(-3, 4))
+        assert _same(kernels._py_interpolate(*v, ly, lx), bilinear.interpolate(*v, ly, lx))
+        assert _same(kernels._py_interpolate_gradient(*v, ly, lx),
+                     bilinear.interpolate_gradient(*v, ly, lx))
+    deltas = [0.0, -0.0, 0.3, -1.7, 1e30, -1e30, math.inf, -math.inf, math.nan, 1e-300]
+    for out_index, stride, padding, tap, dilation, delta in itertools.product(
+            [0, 3], [1, 2], [0, 2], [0, 2], [1, 3], deltas):
+        assert _same(kernels._py_sampling_point(out_index, stride, padding, tap, dilation, delta),
+                     bilinear.sampling_point(out_index, stride, padding, tap, dilation, delta))
+
+
+# --------------------------------------------------------------------------- the kernels
+
+def _geom(case):
+    return check_arguments(*case.args())
+
+
+def _odd_case(dtype, seed=5, batch=2, offsets="random", modulated=True):
+    """Groups and offset groups > 1, non-square kernel, per-axis stride/padding/dilation."""
+    return make_case(seed=seed, batch=batch, in_channels=6, out_channels=4, height=7, width=5,
+                     kernel=(3, 2), stride=(2, 1), padding=(2, 1), dilation=(1, 2), groups=2,
+                     offset_groups=3, modulated=modulated, offsets=offsets,
+                     offset_scale=2.5).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("offsets", ["random", "integer", "zero"])
+def test_columns_bitwise_equal_to_numpy_backend(cy, dtype, offsets):
+    """Same operations in the same order as the vectorised reference: the same bits.
+
+    The input has inf and NaN pixels, to check that a corner outside the image
+    reads exactly 0 (never 0 * inf) and an inside one propagates.
+    """
+    case = _odd_case(dtype, offsets=offsets)
+    case.input[0, 1, 0, 0] = np.inf
+    case.input[1, 4, -1, -1] = np.nan
+    geom = _geom(case)
+    for mask in (case.mask, None):
+        got = cy.im2col(case.input, case.offset, mask, geom, dtype)
+        want = numpy_backend.im2col(case.input, case.offset, mask, geom, dtype)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert np.array_equal(got, want, equal_nan=True)
+
+
+def test_reused_column_buffer_is_never_shared(cy):
+    """The spare column buffer goes back only when no array or view of it is left."""
+    a = _odd_case(np.float32, seed=1)
+    b = _odd_case(np.float32, seed=2)
+    geom = _geom(a)
+    first = cy.im2col(a.input, a.offset, a.mask, geom, np.float32)
+    kept = first.copy()
+    view = first[1, 3:5]
+    del first
+    second = cy.im2col(b.input, b.offset, b.mask, geom, np.float32)   # must not reuse it
+    assert np.array_equal(view, kept[1, 3:5])
+    del view
+    third = cy.im2col(a.input, a.offset, a.mask, geom, np.float32)    # may reuse it now
+    assert not np.shares_memory(third, second)
+    assert np.array_equal(third, kept)
+
+
+def _results(case, backend, convention):
+    out = refdcn.deform_conv2d(*case.args(), backend=backend)
+    g = refdcn.deform_conv2d_backward(case.grad_output, *case.args(), backend=backend,
+                                      convention=convention)
+    return {"output": out, **g._asdict()}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("convention", ["torchvision", "mmcv"])
+@pytest.mark.parametrize("small", [False, True])
+def test_agrees_with_reference(kernels, dtype, convention, small):
+    """Output and five gradients within the package tolerances.
+
+    ``small``: 7-pixel tiles and a col2im table of one pixel per chunk, so that
+    every tile and chunk boundary is crossed on these small images.
+    """
+    old = (kernels._set_tile(7), kernels._set_col2im_table_bytes(1)) if small else None
+    try:
+        for seed, offsets, modulated in ((5, "random", True), (6, "integer", True),
+                                         (7, "zero", False)):
+            case = _odd_case(dtype, seed=seed, offsets=offsets, modulated=modulated)
+            report = compare(_results(case, "cython", convention),
+                             reference_results(case, convention), case, dtype)
+            bad = {q: r for q, r in report.items() if not r[0]}
+            assert not bad, f"{dtype.__name__} {convention} {offsets} small={small}: {bad}"
+    finally:
+        if old is not None:
+            kernels._set_tile(old[0])
+            kernels._set_col2im_table_bytes(old[1])
+
+
+def test_coordinate_gradients_survive_a_large_common_level(cy):
+    """Input = 1e6 + noise, float64.  The offset gradients sum corner *differences*
+    over the channels; summing raw corner values instead would cancel the common
+    level away (1e-10 relative here).  Compared away from the image border, whose
+    huge gradients (1e6 against the zero padding) would hide interior errors in a
+    normwise measure; the small offsets keep interior samples inside."""
+    case = make_case(seed=9, batch=1, in_channels=8, out_channels=4, height=10, width=9,
+                     kernel=3, padding=1, groups=1, offset_groups=1, offsets="gridsafe",
+                     offset_scale=0.5)
+    case.input = case.input + 1e6
+    got, want = _results(case, "cython", "torchvision"), reference_results(case, "torchvision")
+    for q in ("offset", "mask"):
+        inner = (..., slice(3, -3), slice(3, -3))
+        assert relative_error(got[q][inner], want[q][inner]) <= FLOAT64_RTOL, q
+        assert relative_error(got[q], want[q]) <= FLOAT64_RTOL, q
+
+
+def _blocked(cy, case, block, convention):
+    geom, dtype = _geom(case), case.input.dtype
+    out = blocking.forward(cy._KERNELS, case.input, case.offset, case.mask, case.weight,
+                           case.bias, geom, dtype, block=block)
+    grads = blocking.backward(cy._KERNELS, case.grad_output, case.input, case.offset, case.mask,
+                              case.weight, case.bias, geom, dtype, CONVENTIONS[convention],
+                              block=block)
+    return (out,) + tuple(grads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bitwise_independent_of_block_size_and_run(cy, dtype):
+    case = _odd_case(dtype, batch=9)
+    for convention in CONVENTIONS:
+        runs = [_blocked(cy, case, block, convention) for block in (1, 7, 9, 9)]
+        for other in runs[1:]:
+            for a, b in zip(runs[0], other):
+                assert a.dtype == dtype and a.tobytes() == b.tobytes()
+
+
+def _wild_offsets(case, with_nan):
+    off = case.offset.copy()
+    flat = off.reshape(-1)
+    rng = np.random.default_rng(1)
+    specials = [1e30, -1e30, np.inf, -np.inf, 3e38, -5e15] + ([np.nan] if with_nan else [])
+    where = rng.choice(flat.size, size=flat.size // 5, replace=False)
+    flat[where] = rng.choice(specials, size=where.size)
+    return off
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_huge_inf_nan_offsets(cy, dtype, with_nan):
+    """Far-away samples are zero and read nothing; NaN propagates to the same places.
+
+    Within the package tolerances of the loop reference, and NaN exactly where
+    the "numpy" backend has it.
+    """
+    case = _odd_case(dtype)
+    case.offset = _wild_offsets(case, with_nan).astype(dtype)
+    for convention in CONVENTIONS:
+        got = _results(case, "cython", convention)
+        report = compare(got, reference_results(case, convention), case, dtype)
+        bad = {q: r for q, r in report.items() if not r[0]}
+        assert not bad, (convention, bad)
+        for q, w in _results(case, "numpy", convention).items():
+            if w is not None:
+                assert np.array_equal(np.isnan(got[q]), np.isnan(w)), q
+                assert with_nan or np.isfinite(got[q]).all(), q
+
+
+_THREADS_SCRIPT = """
+import sys, numpy as np
+from refdcn import backends
+from test_cython import _blocked, _odd_case
+cy = backends.get("cython")
+assert cy.threads() == int(sys.argv[2]), (cy.threads(), sys.argv[2])
+results = _blocked(cy, _odd_case(np.float64, batch=3), None, "torchvision")
+np.savez(sys.argv[1], *results)
+"""
+
+
+def test_bitwise_independent_of_thread_count(cy, tmp_path):
+    """1 and 3 OpenMP threads (in fresh processes) give the bits of this process."""
+    import subprocess
+    import sys
+    if not cy.OPENMP:
+        pytest.skip("serial build: one thread only")
+    want = _blocked(cy, _odd_case(np.float64, batch=3), None, "torchvision")
+    for threads in (1, 3):
+        out = tmp_path / f"t{threads}.npz"
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+                   PYTHONPATH=os.pathsep.join([str(ROOT.parent), str(pathlib.Path(__file__).parent),
+                                               os.environ.get("PYTHONPATH", "")]))
+        # cwd=tmp_path: "python -c" puts the working directory first on sys.path, which
+        # in a source checkout would shadow the installed (compiled) package
+        subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(out), str(threads)], env=env,
+                       check=True, timeout=120, cwd=tmp_path)
+        with np.load(out) as got:
+            for i, w in enumerate(want):
+                assert got[f"arr_{i}"].tobytes() == w.tobytes(), (threads, i)
+
+
+def test_openmp_status_is_reported(cy, kernels):
+    assert isinstance(cy.OPENMP, bool) and cy.OPENMP == kernels.OPENMP
+    assert ("OpenMP," in cy.DESCRIPTION) == cy.OPENMP
+    assert cy.threads() >= 1
+    if not cy.OPENMP:
+        assert cy.threads() == 1 and "without OpenMP" in cy.DESCRIPTION
