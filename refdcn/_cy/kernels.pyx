@@ -42,7 +42,10 @@ with it, serial loops from the same source otherwise):
 * im2col and the coordinate gradients: over *tiles* (image, offset group,
   ``TILE`` output pixels); a tile fills its table, then sweeps it once per
   channel of the group (one channel's plane stays in L1).  The coordinate
-  gradients sum over channels in increasing order, in double precision.
+  gradients use that ``dS/dy``, ``dS/dx`` and ``S`` are linear in the four
+  corner values: per channel they only accumulate the g-weighted corner
+  differences (in channel order, in double precision), and each point then
+  calls :func:`interpolate_gradient` and :func:`interpolate` once on the sums.
 * col2im: per image, the table of all its points (in pixel chunks if it
   would exceed ``COL2IM_TABLE_BYTES``), filled in parallel; then parallel over
   input channels: each plane is scattered by exactly one thread, in the fixed
@@ -347,8 +350,10 @@ def coordinate_gradients_into(const real[:, :, ::1] grad_columns,
     ``grad_offset[b, 2kk]   = m * sum_c grad_columns[b, c*K+k, p] * dS_c/dy``,
     ``grad_offset[b, 2kk+1] = m * sum_c grad_columns[b, c*K+k, p] * dS_c/dx``,
     ``grad_mask[b, kk]      =     sum_c grad_columns[b, c*K+k, p] * S_c``
-    (``kk = d*K + k``; the sums run over the channels ``c`` of offset group
-    ``d`` in increasing order, in double precision).  Shapes: grad_columns
+    (``kk = d*K + k``, ``c`` over the channels of offset group ``d``).  By
+    linearity, ``sum_c g_c dS_c/dy = interpolate_gradient(corner sums)``; the
+    sums ``q_ab = sum_c g_c (v_ab - v00)`` and ``q00 = sum_c g_c v00`` run in
+    channel order, in double precision.  Shapes: grad_columns
     (B, C_in*K, P), input (B, C_in, H, W), offset / grad_offset (B, 2*D*K, P),
     mask / grad_mask (B, D*K, P); grad_mask is written only if ``has_mask``.
     Parallel over tiles (image, offset group, pixels), like :func:`im2col_into`.

@@ -27,10 +27,16 @@ def _import_kernels():
 
     GNU OpenMP reads ``OMP_WAIT_POLICY`` once, when it is loaded (here, by
     this import).  Its default lets idle threads spin for milliseconds after
-    every parallel loop, which steals the cores from the BLAS threads of the
-    matrix products that follow and, on a shared machine, from everyone: 5-7x
-    slower kernels measured on a loaded 2-core machine.  ``PASSIVE`` is set
-    only for the duration of the import and only if the user chose nothing.
+    every parallel loop, which steals a core from the BLAS threads of the
+    matrix products that follow (and, on a shared machine, from everyone).
+    ``PASSIVE`` is set only for the duration of the import and only if the
+    user chose nothing.
+
+    This cannot help if a libgomp is already loaded: torch ships one with the
+    same soname, which the extension then shares, with torch's (spinning)
+    policy -- measured on 2 cores, a small forward pass takes 8 ms instead of
+    0.3 ms.  Import refdcn's backends before torch, or set
+    ``OMP_WAIT_POLICY=PASSIVE`` in the environment.
     """
     chosen = "OMP_WAIT_POLICY" in os.environ
     if not chosen:
@@ -48,6 +54,7 @@ try:
 except ImportError as exc:          # not built (no compiler), or built for another Python
     raise ImportError("the Cython extension refdcn._cy.kernels was not built: reinstall refdcn "
                       f"from source with a C compiler: pip install . ({exc})") from None
+
 
 NAME = "cython"
 DEVICE = "cpu"
