@@ -144,3 +144,27 @@ def backward(kernels, grad_output, input, offset, mask, weight, bias, geom, dtyp
                                      None if grad_mask is None else grad_mask[start:stop])
     grad_bias = None if bias is None else go.sum(axis=(0, 2)).astype(dtype)
     return grad_input, grad_offset, grad_mask, grad_wg.reshape(weight.shape), grad_bias
+
+
+class ColumnKernels:
+    """A column-kernel set (see the module docstring) and the backend built on it.
+
+    A backend module writes its three kernels and then::
+
+        _KERNELS = blocking.ColumnKernels(im2col, col2im, coordinate_gradients)
+        forward, backward = _KERNELS.forward, _KERNELS.backward
+    """
+
+    def __init__(self, im2col, col2im, coordinate_gradients):
+        self.im2col = im2col
+        self.col2im = col2im
+        self.coordinate_gradients = coordinate_gradients
+
+    def forward(self, input, offset, mask, weight, bias, geom, dtype):
+        """Forward pass of the backend (see :func:`refdcn.blocking.forward`)."""
+        return forward(self, input, offset, mask, weight, bias, geom, dtype)
+
+    def backward(self, grad_output, input, offset, mask, weight, bias, geom, dtype, convention):
+        """The five gradients of the backend (see :func:`refdcn.blocking.backward`)."""
+        return backward(self, grad_output, input, offset, mask, weight, bias, geom, dtype,
+                        convention)

@@ -159,21 +159,5 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention, gr
                                        go, gm, geom)
 
 
-def forward(input, offset, mask, weight, bias, geom, dtype):
-    """Forward pass (see :func:`refdcn.blocking.forward`)."""
-    return blocking.forward(_KERNELS, input, offset, mask, weight, bias, geom, dtype)
-
-
-def backward(grad_output, input, offset, mask, weight, bias, geom, dtype, convention):
-    """The five gradients (see :func:`refdcn.blocking.backward`)."""
-    return blocking.backward(_KERNELS, grad_output, input, offset, mask, weight, bias, geom,
-                             dtype, convention)
-
-
-class _Kernels:
-    im2col = staticmethod(im2col)
-    col2im = staticmethod(col2im)
-    coordinate_gradients = staticmethod(coordinate_gradients)
-
-
-_KERNELS = _Kernels()
+_KERNELS = blocking.ColumnKernels(im2col, col2im, coordinate_gradients)
+forward, backward = _KERNELS.forward, _KERNELS.backward

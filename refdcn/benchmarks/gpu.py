@@ -26,16 +26,11 @@ import time
 
 import numpy as np
 
-#: (B, C_in, C_out, H, W, k): the GPU shapes of the issue, then the CPU shapes.
-DEFAULT_SHAPES = [
-    (1, 16, 16, 32, 32, 3),
-    (8, 256, 256, 64, 64, 3),
-    (16, 64, 64, 128, 128, 3),
-    (8, 64, 64, 28, 28, 3),
-    (4, 128, 128, 32, 32, 3),
-    (1, 256, 256, 64, 64, 3),
-    (2, 64, 64, 56, 56, 3),
-]
+from .cpu import DEFAULT_SHAPES as CPU_SHAPES
+
+#: (B, C_in, C_out, H, W, k): the GPU shapes of the issue, then the other CPU shapes.
+DEFAULT_SHAPES = [(1, 16, 16, 32, 32, 3), (8, 256, 256, 64, 64, 3), (16, 64, 64, 128, 128, 3)]
+DEFAULT_SHAPES += [s for s in CPU_SHAPES if s not in DEFAULT_SHAPES]
 
 #: Gradients are checked against float64 only up to this many forward GFLOP (CPU time).
 GRADIENT_CHECK_GFLOP = 1.5

@@ -170,21 +170,5 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
         grad_mask.reshape(B, D, K * P)[...] = (g * value).sum(axis=2)
 
 
-def forward(input, offset, mask, weight, bias, geom, dtype):
-    """Forward pass (see :func:`refdcn.blocking.forward`)."""
-    return blocking.forward(_KERNELS, input, offset, mask, weight, bias, geom, dtype)
-
-
-def backward(grad_output, input, offset, mask, weight, bias, geom, dtype, convention):
-    """The five gradients (see :func:`refdcn.blocking.backward`)."""
-    return blocking.backward(_KERNELS, grad_output, input, offset, mask, weight, bias, geom,
-                             dtype, convention)
-
-
-class _Kernels:
-    im2col = staticmethod(im2col)
-    col2im = staticmethod(col2im)
-    coordinate_gradients = staticmethod(coordinate_gradients)
-
-
-_KERNELS = _Kernels()
+_KERNELS = blocking.ColumnKernels(im2col, col2im, coordinate_gradients)
+forward, backward = _KERNELS.forward, _KERNELS.backward

@@ -307,6 +307,18 @@ class _Onnx(Implementation):
                 case.padding, case.dilation, case.bias is not None, case.mask is not None,
                 np.dtype(case.input.dtype).str)
 
+    def _load(self, model):
+        """A runner for ``model`` with a ``run(output_names, feeds)`` method."""
+        raise NotImplementedError
+
+    def forward(self, case):
+        key = self._key(case)
+        if key not in self._cache:      # one model (and runner) per shape signature
+            model, names = onnx_model(case, case.input.dtype, self.opset)
+            self._cache[key] = (self._load(model), names)
+        runner, names = self._cache[key]
+        return runner.run(None, self._feeds(case, names))[0]
+
 
 class OnnxRuntime(_Onnx):
     """A one-node ``DeformConv`` model run by ONNX Runtime's CPU provider."""
@@ -323,17 +335,11 @@ class OnnxRuntime(_Onnx):
         self.ort = onnxruntime
         self.description = f"onnxruntime {onnxruntime.__version__}, DeformConv opset {opset}, CPU"
 
-    def forward(self, case):
-        key = self._key(case)
-        if key not in self._cache:
-            model, names = onnx_model(case, case.input.dtype, self.opset)
-            options = self.ort.SessionOptions()
-            options.log_severity_level = 3
-            session = self.ort.InferenceSession(model.SerializeToString(), options,
-                                                providers=["CPUExecutionProvider"])
-            self._cache[key] = (session, names)
-        session, names = self._cache[key]
-        return session.run(None, self._feeds(case, names))[0]
+    def _load(self, model):
+        options = self.ort.SessionOptions()
+        options.log_severity_level = 3
+        return self.ort.InferenceSession(model.SerializeToString(), options,
+                                         providers=["CPUExecutionProvider"])
 
 
 class OnnxReference(_Onnx):
@@ -351,13 +357,8 @@ class OnnxReference(_Onnx):
         self.evaluator = ReferenceEvaluator
         self.description = f"onnx {onnx.__version__} ReferenceEvaluator, DeformConv opset {opset}"
 
-    def forward(self, case):
-        key = self._key(case)
-        if key not in self._cache:
-            model, names = onnx_model(case, case.input.dtype, self.opset)
-            self._cache[key] = (self.evaluator(model), names)
-        evaluator, names = self._cache[key]
-        return evaluator.run(None, self._feeds(case, names))[0]
+    def _load(self, model):
+        return self.evaluator(model)
 
 
 # ---------------------------------------------------------------- user callables
