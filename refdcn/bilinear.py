@@ -171,6 +171,45 @@ def interpolate_gradient(v00, v01, v10, v11, ly, lx):
     return d_dy, d_dx
 
 
+def scatter_corners(y0, x0, ly, lx):
+    """The adjoint of sampling: the four corners a sample's gradient goes to.
+
+    Sampling is linear in the image, ``S = sum_ab w_ab * plane[y0+a, x0+b]``,
+    so its adjoint (the input gradient of one sample with upstream gradient
+    ``g``) adds ``g * w_ab`` to pixel ``(y0 + a, x0 + b)`` for each corner
+    inside the image (corners outside are the zero border: dropped).
+
+    Parameters
+    ----------
+    y0, x0 : int
+        Floor corner from :func:`locate` (forward rule: ``closed_at_minus_one=False``).
+    ly, lx : float
+        Fractional parts from :func:`locate`.
+
+    Returns
+    -------
+    tuple of four ``(row, col, weight)``
+        In the order ``00, 01, 10, 11`` of :func:`corner_weights`.  Works on
+        scalars and on broadcastable arrays (``row``/``col`` then are arrays).
+    """
+    w00, w01, w10, w11 = corner_weights(ly, lx)
+    return ((y0, x0, w00), (y0, x0 + 1, w01), (y0 + 1, x0, w10), (y0 + 1, x0 + 1, w11))
+
+
+def scatter_add(grad_plane, height, width, y, x, value):
+    """Add the adjoint of ``S(y, x)`` times ``value`` into ``grad_plane`` (shape (H, W)).
+
+    ``grad_plane[y0+a, x0+b] += value * w_ab`` for each corner inside the
+    image; nothing for a point outside (on or beyond ``-1``/``H``/``W``) or
+    a NaN point (no corner is located for it).
+    """
+    active, y0, x0, ly, lx = locate(y, x, height, width, False)
+    if active:
+        for row, col, weight in scatter_corners(y0, x0, ly, lx):
+            if in_image(row, col, height, width):
+                grad_plane[row, col] += value * weight
+
+
 def bilinear_sample(plane, height, width, y, x):
     """The zero-border bilinear sample ``S(y, x)`` of ``plane`` (shape (H, W))."""
     active, y0, x0, ly, lx = locate(y, x, height, width, False)
