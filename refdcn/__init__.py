@@ -16,7 +16,7 @@ set_column_memory(nbytes), column_memory()
 
 Where things live: ``bilinear`` (the scalar math, written once), ``geometry``
 (shapes and checks), ``reference/loops`` (the explicit-loop reference),
-``reference/im2col`` (vectorised im2col reference), ``blocking`` (im2col + GEMM
+``backends/numpy_cpu`` (vectorised NumPy im2col), ``blocking`` (im2col + GEMM
 over blocks of images), ``backends/`` (registry and compiled backends).
 """
 

@@ -5,9 +5,11 @@ copy of them:
 
 * the loop reference (:mod:`refdcn.reference.loops`) calls them as plain
   Python on scalars;
-* the NumPy im2col reference (:mod:`refdcn.reference.im2col`) calls the purely
+* the NumPy backend (:mod:`refdcn.backends.numpy_cpu`) calls the purely
   arithmetic ones (:func:`sampling_point`, :func:`corner_weights`,
-  :func:`interpolate`, :func:`interpolate_gradient`) on whole arrays;
+  :func:`interpolate`, :func:`interpolate_gradient`, :func:`scatter_corners`)
+  on whole arrays (``tests/test_bilinear.py`` checks these vectorised forms
+  against the scalar ones on the awkward-coordinate grid);
 * the Numba CPU backend wraps them with ``numba.njit``;
 * the Numba CUDA backend compiles them as CUDA device functions;
 * the Cython backend's ``refdcn/_cy/bilinear.pxd`` mirrors them line for line.

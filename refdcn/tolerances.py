@@ -18,7 +18,7 @@ float32 (:func:`float32_bounds`)
     Algorithms*, eq. 3.5) is ``|fl(s) - s| <= gamma_n * sum |terms|`` with
     ``gamma_n = n u / (1 - n u)`` and ``u = 2^-24``.  :func:`float32_bounds`
     computes, for each of the output and the five gradients, the sum of the
-    absolute values of its terms (by running the float64 im2col reference on
+    absolute values of its terms (by running the float64 NumPy im2col backend on
     absolute values) and the length n of the longest chain of rounded
     operations behind one element; the float32 result must lie within
     ``gamma_n * sum|terms|`` of the float64 reference, element by element.

@@ -26,7 +26,7 @@ import pytest
 import refdcn
 from refdcn import backends, bilinear, blocking
 from refdcn.geometry import check_arguments
-from refdcn.reference import im2col as numpy_backend
+from refdcn.backends import numpy_cpu as numpy_backend
 from refdcn.testing import compare, make_case, reference_results
 from refdcn.tolerances import FLOAT64_RTOL, relative_error
 

@@ -33,7 +33,7 @@ class BackendUnavailable(RuntimeError):
 #: (the order is measured: see ``refdcn bench`` and the README).
 REGISTRY = {
     "reference": "refdcn.reference.loops",
-    "numpy": "refdcn.reference.im2col",
+    "numpy": "refdcn.backends.numpy_cpu",
     "numba": "refdcn.backends.numba_cpu",
     "cython": "refdcn.backends.cython_cpu",
     "cuda": "refdcn.backends.numba_cuda",

@@ -1,16 +1,20 @@
-"""The im2col reference: deformable im2col / col2im in vectorised NumPy.
+"""Backend ``"numpy"``: deformable im2col / col2im in vectorised NumPy.
 
-Backend ``"numpy"``.  This is how every fast implementation is organised
+This is how every fast implementation is organised
 (torchvision, mmcv, refdcn's compiled backends): the deformable sampling
 writes a *column matrix*, one row per (input channel, kernel tap) and one
 column per output pixel, and the convolution itself becomes a matrix product
 (:mod:`refdcn.blocking` drives both).  Here each step is whole-array NumPy, so
 it reads as the math: gather four corners, weight them, sum.
 
-The arithmetic (sampling points, corner weights, interpolation and its
-derivatives) is the scalar code of :mod:`refdcn.bilinear` applied to arrays;
-only :func:`locate_all` (the vectorised ``locate``) and the corner gather are
-array-specific.  It computes in the inputs' dtype (float32 or float64), with
+The arithmetic (sampling points, the corners and weights of the adjoint
+:func:`~refdcn.bilinear.scatter_corners`, interpolation and its derivatives)
+is the scalar code of :mod:`refdcn.bilinear` applied to arrays; only the
+comparisons -- :func:`locate_all` (the vectorised ``locate``) and the
+inside-the-image test of :func:`corner_targets` -- and the gather/scatter
+(``take_along_axis``, ``bincount``) are array-specific.  The corners the
+forward gathers from are the corners the backward scatters to: both come from
+:func:`corner_targets`.  It computes in the inputs' dtype (float32 or float64), with
 sampling coordinates in float64, and agrees with the loop reference to
 ~1e-15 relative in float64.
 """
@@ -18,15 +22,11 @@ sampling coordinates in float64, and agrees with the loop reference to
 import numpy as np
 
 from .. import blocking
-from ..bilinear import (BORDER_TORCHVISION, OUTSIDE, corner_weights, interpolate,
-                        interpolate_gradient, sampling_point)
+from ..bilinear import (BORDER_TORCHVISION, OUTSIDE, interpolate, interpolate_gradient,
+                        sampling_point, scatter_corners)
 
 NAME = "numpy"
 DESCRIPTION = "vectorised NumPy im2col/col2im + one matrix product per group"
-
-#: The four corners in the order of :func:`refdcn.bilinear.corners`.
-CORNERS = ((0, 0), (0, 1), (1, 0), (1, 1))
-
 
 def sampling_grid(offset, geom):
     """Sampling points of every (image, offset group, tap, output pixel).
@@ -74,23 +74,43 @@ def locate_all(y, x, height, width, closed_at_minus_one):
     return y0, x0, ly, lx
 
 
-def _corner_index(y0, x0, a, b, height, width):
-    """Flat pixel index of corner (a, b) and whether it is inside the image."""
-    yy, xx = y0 + a, x0 + b
-    valid = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
-    return np.where(valid, yy * width + xx, 0), valid
+def corner_targets(y0, x0, ly, lx, height, width):
+    """Vectorised :func:`refdcn.bilinear.scatter_corners`, as flat pixel indices.
+
+    Parameters
+    ----------
+    y0, x0 : ndarray of intp, shape (B, D, L)
+        Floor corners from :func:`locate_all`.
+    ly, lx : ndarray of float64, shape (B, D, L)
+        Fractional parts from :func:`locate_all`.
+    height, width : int
+        Size of the image plane.
+
+    Returns
+    -------
+    list of four ``(flat, inside, weight)``
+        For the corners ``00, 01, 10, 11`` of ``scatter_corners``: the flat
+        index ``row * width + col`` into an ``(H*W)`` plane (0 where the
+        corner is outside), whether the corner is inside the image (the
+        vectorised :func:`refdcn.bilinear.in_image`), and its bilinear weight.
+    """
+    targets = []
+    for row, col, weight in scatter_corners(y0, x0, ly, lx):
+        inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
+        targets.append((np.where(inside, row * width + col, 0), inside, weight))
+    return targets
 
 
-def gather_corners(planes, y0, x0, height, width):
+def gather_corners(planes, targets):
     """Vectorised :func:`refdcn.bilinear.corners` for a stack of planes.
 
-    planes : (B, D, C/D, H*W); y0, x0 : (B, D, L) -> four arrays (B, D, C/D, L).
+    planes : (B, D, C/D, H*W); targets : from :func:`corner_targets` on (B, D, L)
+    -> the four corner values ``v00, v01, v10, v11``, each (B, D, C/D, L), 0 outside.
     """
     values = []
-    for a, b in CORNERS:
-        flat, valid = _corner_index(y0, x0, a, b, height, width)
+    for flat, inside, _ in targets:
         v = np.take_along_axis(planes, flat[:, :, None, :], axis=3)
-        values.append(np.where(valid[:, :, None, :], v, 0.0))
+        values.append(np.where(inside[:, :, None, :], v, 0.0))
     return values
 
 
@@ -115,8 +135,8 @@ def im2col(input, offset, mask, geom, dtype):
     B, D, K, P = y.shape
     y0, x0, ly, lx = locate_all(y.reshape(B, D, K * P), x.reshape(B, D, K * P),
                                 geom.height, geom.width, False)
-    planes = _by_offset_group(input, geom)
-    v00, v01, v10, v11 = gather_corners(planes, y0, x0, geom.height, geom.width)
+    targets = corner_targets(y0, x0, ly, lx, geom.height, geom.width)
+    v00, v01, v10, v11 = gather_corners(_by_offset_group(input, geom), targets)
     value = interpolate(v00, v01, v10, v11, ly[:, :, None], lx[:, :, None])
     columns = (_mask_or_one(mask, geom) * value).astype(dtype, copy=False)
     return columns.reshape(B, geom.in_channels * K, P)
@@ -136,9 +156,8 @@ def col2im(grad_columns, offset, mask, geom, grad_input):
     HW = geom.height * geom.width
     plane_index = np.arange(B * geom.in_channels).reshape(B, D, -1, 1) * HW
     total = np.zeros(B * geom.in_channels * HW)
-    for (a, b), w in zip(CORNERS, corner_weights(ly, lx)):
-        flat, valid = _corner_index(y0, x0, a, b, geom.height, geom.width)
-        values = np.where(valid[:, :, None, :], w[:, :, None, :] * contrib, 0.0)
+    for flat, inside, weight in corner_targets(y0, x0, ly, lx, geom.height, geom.width):
+        values = np.where(inside[:, :, None, :], weight[:, :, None, :] * contrib, 0.0)
         total += np.bincount((plane_index + flat[:, :, None, :]).ravel(),
                              weights=values.ravel(), minlength=total.size)
     grad_input[...] = total.reshape(grad_input.shape)
@@ -156,8 +175,8 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
     B, D, K, P = y.shape
     y0, x0, ly, lx = locate_all(y.reshape(B, D, K * P), x.reshape(B, D, K * P),
                                 geom.height, geom.width, convention == BORDER_TORCHVISION)
-    planes = _by_offset_group(input, geom)
-    v = gather_corners(planes, y0, x0, geom.height, geom.width)
+    targets = corner_targets(y0, x0, ly, lx, geom.height, geom.width)
+    v = gather_corners(_by_offset_group(input, geom), targets)
     ly, lx = ly[:, :, None], lx[:, :, None]
     d_dy, d_dx = interpolate_gradient(*v, ly, lx)
     g = _by_offset_group(grad_columns, geom)
