@@ -45,6 +45,8 @@ array([10., 20., 11., 21., 12., 22., 13., 23.])
 
 import numpy as np
 
+from .geometry import mask_channel, offset_channel
+
 __all__ = ["torchvision_offset_channel", "planar_offset_channel", "dcnv4_offset_channel",
            "dcnv4_mask_channel", "planar_to_torchvision", "torchvision_to_planar",
            "swap_offset_pairs", "dcnv4_to_torchvision", "torchvision_to_dcnv4",
@@ -54,9 +56,13 @@ __all__ = ["torchvision_offset_channel", "planar_offset_channel", "dcnv4_offset_
 
 # ---------------------------------------------------------------- index maps
 def torchvision_offset_channel(d, i, j, a, kernel_size):
-    """Channel of component ``a`` (0 = dy, 1 = dx) of tap (i, j), offset group d."""
+    """Channel of component ``a`` (0 = dy, 1 = dx) of tap (i, j), offset group d.
+
+    :func:`refdcn.geometry.offset_channel` (the torchvision layout's one
+    definition) with the argument order of the converters here.
+    """
     kh, kw = _kernel(kernel_size)
-    return d * 2 * kh * kw + 2 * (i * kw + j) + a
+    return offset_channel(d, i, j, kh, kw, a)
 
 
 def planar_offset_channel(d, i, j, a, kernel_size):
@@ -224,7 +230,7 @@ def _mask_map(kernel_size, groups):
     for d in range(groups):
         for i in range(kh):
             for j in range(kw):
-                index[d * kh * kw + i * kw + j] = dcnv4_mask_channel(d, i, j, (kh, kw))
+                index[mask_channel(d, i, j, kh, kw)] = dcnv4_mask_channel(d, i, j, (kh, kw))
     return index
 
 
