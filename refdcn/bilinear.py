@@ -205,6 +205,7 @@ def scatter_add(grad_plane, height, width, y, x, value):
     image; nothing for a point outside (on or beyond ``-1``/``H``/``W``) or
     a NaN point (no corner is located for it).
     """
+    # closed_at_minus_one=False: the forward's open square (-1, H) x (-1, W)
     active, y0, x0, ly, lx = locate(y, x, height, width, False)
     if active:
         for row, col, weight in scatter_corners(y0, x0, ly, lx):
@@ -214,6 +215,7 @@ def scatter_add(grad_plane, height, width, y, x, value):
 
 def bilinear_sample(plane, height, width, y, x):
     """The zero-border bilinear sample ``S(y, x)`` of ``plane`` (shape (H, W))."""
+    # closed_at_minus_one=False: the open square (-1, H) x (-1, W)
     active, y0, x0, ly, lx = locate(y, x, height, width, False)
     if not active:
         return 0.0

@@ -21,34 +21,51 @@ For image ``n``, output channel ``o`` (in convolution group ``g``), output pixel
 with ``S`` the zero-border bilinear sample of :mod:`refdcn.bilinear`.
 
 The backward, for an upstream gradient ``G = dL/d out``, is the same loop with
-every term differentiated::
+every term differentiated (``t = G[n, o, oy, ox] * weight[o, cl, i, j]``)::
 
-    t = G[n, o, oy, ox] * weight[o, cl, i, j]
-    grad_bias[o]              += G[n, o, oy, ox]
-    grad_weight[o, cl, i, j]  += G[n, o, oy, ox] * m * S
-    grad_mask[n, kk, oy, ox]  += t * S
-    grad_offset[n, 2*kk]      += t * m * dS/dy         (convention decides the border)
-    grad_offset[n, 2*kk + 1]  += t * m * dS/dx
-    grad_input[n, c, y0+a, x0+b] += t * m * w_ab        (for each corner inside the image)
+    grad_bias[o]                  += G[n, o, oy, ox]
+    grad_weight[o, cl, i, j]      += G[n, o, oy, ox] * m * S
+    grad_mask[n, kk, oy, ox]      += t * S
+    grad_offset[n, 2*kk, oy, ox]  += t * m * dS/dy     (the convention decides y = -1, x = -1)
+    grad_offset[n, 2*kk+1, oy, ox]+= t * m * dS/dx
+    grad_input[n, c, y0+a, x0+b]  += t * m * w_ab      (each corner inside the image)
+
+The derivatives ``dS/dy``, ``dS/dx`` and the corner weights ``w_ab`` are
+those of :mod:`refdcn.bilinear` (its module docstring derives them).  The one
+subtle point of the backward is the border: the forward and the input
+gradient treat a sample as *active* on the open square ``(-1, H) x (-1, W)``
+(on ``y = -1`` all its weight falls on the zero border), while the offset
+gradient on the lines ``y = -1`` / ``x = -1`` is the inward one-sided
+derivative under ``convention=BORDER_TORCHVISION`` (torchvision) and 0 under
+``BORDER_MMCV`` (mmcv).  ``locate(..., closed_at_minus_one=...)`` is where that
+choice is made (in :func:`refdcn.bilinear.bilinear_gradient`), and
+:func:`backward` says which rule each gradient uses.
 """
 
 import numpy as np
 
-from ..bilinear import (BORDER_TORCHVISION, bilinear_gradient, bilinear_sample, corner_weights,
-                        in_image, locate, sampling_point)
+from ..bilinear import (BORDER_TORCHVISION, bilinear_gradient, bilinear_sample, in_image, locate,
+                        sampling_point, scatter_corners)
+from ..geometry import mask_channel, offset_channel
 
 NAME = "reference"
 DESCRIPTION = "explicit Python loops, float64 (the textbook reference; slow)"
 
 
-def _tap_sample_point(offset, n, d, i, j, oy, ox, geom):
-    """Sampling point ``(y, x)`` and the offset-channel index of tap (i, j)."""
-    kk = (d * geom.kh + i) * geom.kw + j
+def _tap(offset, mask, n, d, i, j, oy, ox, geom):
+    """Tap (i, j) of offset group d at output pixel (oy, ox): ``kk``, ``(y, x)``, ``m``.
+
+    ``kk`` is the mask channel (and ``2*kk``, ``2*kk + 1`` the offset channels)
+    of the tap; ``m`` is 1 without a mask (DCNv1).
+    """
+    kh, kw = geom.kh, geom.kw
+    kk = mask_channel(d, i, j, kh, kw)
     y = sampling_point(oy, geom.stride[0], geom.padding[0], i, geom.dilation[0],
-                       float(offset[n, 2 * kk, oy, ox]))
+                       float(offset[n, offset_channel(d, i, j, kh, kw, 0), oy, ox]))
     x = sampling_point(ox, geom.stride[1], geom.padding[1], j, geom.dilation[1],
-                       float(offset[n, 2 * kk + 1, oy, ox]))
-    return kk, y, x
+                       float(offset[n, offset_channel(d, i, j, kh, kw, 1), oy, ox]))
+    m = 1.0 if mask is None else float(mask[n, kk, oy, ox])
+    return kk, y, x, m
 
 
 def forward(input, offset, mask, weight, bias, geom, dtype=None):
@@ -69,6 +86,7 @@ def forward(input, offset, mask, weight, bias, geom, dtype=None):
     -------
     out : ndarray, shape (N, C_out, H_out, W_out), float64
     """
+    H, W = geom.height, geom.width
     out = np.zeros((geom.batch, geom.out_channels, geom.out_h, geom.out_w))
     c_group = geom.in_per_group
     for n in range(geom.batch):
@@ -82,9 +100,8 @@ def forward(input, offset, mask, weight, bias, geom, dtype=None):
                         d = c // geom.in_per_offset_group
                         for i in range(geom.kh):
                             for j in range(geom.kw):
-                                kk, y, x = _tap_sample_point(offset, n, d, i, j, oy, ox, geom)
-                                m = 1.0 if mask is None else float(mask[n, kk, oy, ox])
-                                s = bilinear_sample(input[n, c], geom.height, geom.width, y, x)
+                                kk, y, x, m = _tap(offset, mask, n, d, i, j, oy, ox, geom)
+                                s = bilinear_sample(input[n, c], H, W, y, x)
                                 acc += float(weight[o, cl, i, j]) * m * s
                     out[n, o, oy, ox] = acc
     return out
@@ -100,7 +117,8 @@ def backward(grad_output, input, offset, mask, weight, bias, geom, dtype=None,
     input, offset, mask, weight, bias, geom : as in :func:`forward`
     dtype : ignored (float64)
     convention : int
-        :data:`refdcn.bilinear.BORDER_TORCHVISION` or ``BORDER_MMCV``.
+        :data:`refdcn.bilinear.BORDER_TORCHVISION` or ``BORDER_MMCV``: the
+        offset gradient of a sample on exactly ``y = -1`` or ``x = -1``.
 
     Returns
     -------
@@ -121,6 +139,7 @@ def backward(grad_output, input, offset, mask, weight, bias, geom, dtype=None,
             for oy in range(geom.out_h):
                 for ox in range(geom.out_w):
                     go = float(grad_output[n, o, oy, ox])
+                    # bias: d out / d bias[o] = 1
                     if grad_bias is not None:
                         grad_bias[o] += go
                     for cl in range(c_group):
@@ -129,23 +148,29 @@ def backward(grad_output, input, offset, mask, weight, bias, geom, dtype=None,
                         plane = input[n, c]
                         for i in range(geom.kh):
                             for j in range(geom.kw):
-                                kk, y, x = _tap_sample_point(offset, n, d, i, j, oy, ox, geom)
-                                m = 1.0 if mask is None else float(mask[n, kk, oy, ox])
+                                kk, y, x, m = _tap(offset, mask, n, d, i, j, oy, ox, geom)
                                 s = bilinear_sample(plane, H, W, y, x)
                                 t = go * float(weight[o, cl, i, j])
-                                # weight and mask: the sample is their coefficient
+                                # weight: d out / d weight[o, cl, i, j] = m * S
                                 grad_weight[o, cl, i, j] += go * m * s
+                                # mask: d out / d m = weight * S
                                 if grad_mask is not None:
                                     grad_mask[n, kk, oy, ox] += t * s
-                                # offset: chain rule through the sampling point
+                                # offset: d out / d dy = weight * m * dS/dy (as dy/d dy = 1),
+                                # the same for dx.  On y = -1 or x = -1 the convention decides:
+                                # BORDER_TORCHVISION, the inward one-sided derivative (locate
+                                # with closed_at_minus_one=True); BORDER_MMCV, 0 (open square)
                                 ds_dy, ds_dx = bilinear_gradient(plane, H, W, y, x, convention)
                                 grad_offset[n, 2 * kk, oy, ox] += t * m * ds_dy
                                 grad_offset[n, 2 * kk + 1, oy, ox] += t * m * ds_dx
-                                # input: the adjoint of sampling scatters to the four corners
-                                active, y0, x0, ly, lx = locate(y, x, H, W, False)
+                                # input: S = sum_ab w_ab * input[n, c, y0+a, x0+b], so
+                                # d out / d input[n, c, y0+a, x0+b] = weight * m * w_ab
+                                # (the adjoint of sampling: the forward's open square, and only
+                                # the corners inside the image)
+                                active, y0, x0, ly, lx = locate(y, x, H, W,
+                                                                closed_at_minus_one=False)
                                 if active:
-                                    weights = corner_weights(ly, lx)
-                                    for corner, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-                                        if in_image(y0 + a, x0 + b, H, W):
-                                            grad_input[n, c, y0 + a, x0 + b] += t * m * weights[corner]
+                                    for row, col, w_ab in scatter_corners(y0, x0, ly, lx):
+                                        if in_image(row, col, H, W):
+                                            grad_input[n, c, row, col] += t * m * w_ab
     return grad_input, grad_offset, grad_mask, grad_weight, grad_bias
