@@ -22,7 +22,9 @@ from typing import Callable
 
 import numpy as np
 
+from . import handworked
 from .geometry import output_size
+from .handworked import BAND_TARGETS_X, BAND_TARGETS_Y, BORDER_TARGETS, MMCV_INPUT
 from .testing import Case, make_case, reference_results
 
 __all__ = ["ConformanceCase", "CASES", "get_case", "expected", "select", "names"]
@@ -40,7 +42,8 @@ class ConformanceCase:
     build : callable
         ``build() -> Case`` (a fresh copy each call).
     small : bool
-        Small enough that the tests also write its expected values by hand.
+        Small: cheap for the loop reference and readable as golden vectors
+        (the cases worked out by hand are those of :data:`refdcn.handworked.BY_HAND`).
     onnx : bool
         Whether ONNX ``DeformConv`` can express it (exported in the ONNX
         backend-test layout by ``refdcn vectors export``); False for batch 0.
@@ -102,10 +105,6 @@ def _torchvision_awkward(batch):
     return build
 
 
-#: mmcv's golden test (tests/test_ops/test_modulated_deform_conv.py): the input.
-MMCV_INPUT = [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]
-
-
 def _mmcv_small():
     # ModulatedDeformConv2dPack(1, 1, kernel_size=(2, 2), padding=1, bias=False), weight 1,
     # zero-initialised offset conv (offsets 0, mask sigmoid(0) = 0.5), loss = output.sum()
@@ -117,13 +116,9 @@ def _mmcv_small():
 
 
 # ------------------------------------------------------------------ borders, by construction
-#: The row targets of ``border_exact_y``: exactly -1, 0, H-1 and H for H = 3.
-BORDER_TARGETS = (-1.0, 0.0, 2.0, 3.0)
-
-
 def _border_exact_y():
     # 1x1 kernel, no padding: output (oy, ox) samples (T[ox], ox + oy/4)
-    x = np.arange(1.0, 13.0).reshape(1, 1, 3, 4)          # v[y, x] = 4y + x + 1
+    x = handworked.PLANE[None, None].copy()                # v[y, x] = 4y + x + 1
     oy, ox = np.meshgrid(np.arange(3.0), np.arange(4.0), indexing="ij")
     off = np.zeros((1, 2, 3, 4))
     off[0, 0] = np.array(BORDER_TARGETS)[None, :] - oy
@@ -138,11 +133,6 @@ def _border_exact_x():
     x = np.ascontiguousarray(c.input.transpose(0, 1, 3, 2))
     off = np.ascontiguousarray(c.offset[:, ::-1].transpose(0, 1, 3, 2))
     return Case(x, off, c.weight, None, None, np.ones((1, 1, 4, 3)), name="border_exact_x")
-
-
-#: The sampling targets of ``border_bands``: rows and columns of output (oy, ox).
-BAND_TARGETS_Y = (-0.75, 1.5, 2.25)
-BAND_TARGETS_X = (-0.25, 0.5, 2.75)
 
 
 def _border_bands():

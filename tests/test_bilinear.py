@@ -1,4 +1,6 @@
-"""The scalar bilinear functions: values, derivatives and border rules by hand."""
+"""The scalar bilinear functions: values, derivatives and border rules by hand
+(:mod:`refdcn.handworked`), and the vectorised forms the "numpy" backend uses against the
+scalar ones on the awkward-coordinate grid."""
 
 import math
 
@@ -6,31 +8,13 @@ import numpy as np
 import pytest
 
 from refdcn import bilinear as B
+from refdcn import handworked
 
-PLANE = np.arange(1.0, 13.0).reshape(3, 4)      # values 1..12, H=3, W=4
+PLANE = handworked.PLANE                        # values 1..12, H=3, W=4
 H, W = PLANE.shape
 
 
-@pytest.mark.parametrize("y, x, expected", [
-    (0.0, 0.0, 1.0),                   # a pixel centre
-    (1.0, 2.0, 7.0),
-    (0.5, 0.0, 3.0),                   # halfway between 1 and 5
-    (0.0, 0.25, 1.25),
-    (1.5, 1.5, (6 + 7 + 10 + 11) / 4),
-    (-0.25, 0.0, 0.75 * 1.0),          # band (-1, 0): partial corner
-    (2.5, 3.0, 0.5 * 12.0),            # band (H-1, H)
-    (0.0, 3.5, 0.5 * 4.0),             # band (W-1, W)
-    (-1.0, 1.0, 0.0),                  # exactly -1: zero
-    (3.0, 1.0, 0.0),                   # exactly H: zero
-    (1.0, -1.0, 0.0),
-    (1.0, 4.0, 0.0),
-    (2.0, 3.0, 12.0),                  # exactly H-1, W-1: the last pixel
-    (-5.0, 2.0, 0.0),
-    (1e30, 0.0, 0.0),
-    (0.0, -1e30, 0.0),
-    (math.inf, 0.0, 0.0),
-    (0.0, -math.inf, 0.0),
-])
+@pytest.mark.parametrize("y, x, expected", handworked.SAMPLE_VALUES)
 def test_sample_values(y, x, expected):
     assert B.bilinear_sample(PLANE, H, W, y, x) == pytest.approx(expected, abs=1e-15)
 
@@ -42,26 +26,7 @@ def test_sample_nan_propagates():
     assert math.isnan(gy) and math.isnan(gx)
 
 
-@pytest.mark.parametrize("y, x, tv, mm", [
-    # interior: one-sided from above at integers
-    (1.0, 1.0, (10 - 6, 7 - 6), (10 - 6, 7 - 6)),
-    (0.5, 0.5, (0.5 * (5 - 1) + 0.5 * (6 - 2), 0.5 * (2 - 1) + 0.5 * (6 - 5)), None),
-    # exactly y = -1: value 0; torchvision gives the inward derivative (row 0), mmcv 0
-    (-1.0, 1.0, (2.0, 0.0), (0.0, 0.0)),
-    (1.0, -1.0, (0.0, 5.0), (0.0, 0.0)),
-    (-1.0, -1.0, (0.0, 0.0), (0.0, 0.0)),
-    # exactly H or W: both corners outside in that direction
-    (3.0, 1.0, (0.0, 0.0), (0.0, 0.0)),
-    (1.0, 4.0, (0.0, 0.0), (0.0, 0.0)),
-    # band (H-1, H): the missing row counts as zero
-    (2.5, 1.0, (0.0 - 10.0, 0.5 * (11 - 10)), None),
-    # band (-1, 0)
-    (-0.5, 0.0, (1.0 - 0.0, 0.5 * (2 - 1)), None),
-    # H - 1 exactly: derivative from above sees the zero row H
-    (2.0, 2.0, (0 - 11.0, 12 - 11.0), None),
-    (-1.5, 1.0, (0.0, 0.0), (0.0, 0.0)),
-    (1e30, 1.0, (0.0, 0.0), (0.0, 0.0)),
-])
+@pytest.mark.parametrize("y, x, tv, mm", handworked.COORDINATE_GRADIENTS)
 def test_coordinate_gradients(y, x, tv, mm):
     mm = tv if mm is None else mm
     assert B.bilinear_gradient(PLANE, H, W, y, x, B.BORDER_TORCHVISION) == pytest.approx(tv)

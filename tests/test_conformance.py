@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from refdcn import conformance
+from refdcn import conformance, handworked, vectors
 from refdcn.geometry import check_arguments
 from refdcn.verify.variants import base_grid
 
@@ -95,38 +95,30 @@ def test_expected_is_cached_and_has_both_conventions():
         assert np.array_equal(a[q], m[q])
 
 
-# --- expected values written out by hand ----------------------------------------------------------
+# --- values by hand (refdcn.handworked; tests/test_reference.py compares every quantity) -----
 
-ONNX_OUTPUTS = {       # onnx/backend/test/case/node/deformconv.py
-    "onnx_with_padding": [[0.0, 1.0, 3.0, 2.0], [3.0, 8.0, 11.9, 7.0], [9.0, 20.0, 24.0, 13.0],
-                          [6.0, 13.0, 15.0, 8.0]],
-    "onnx_without_padding": [[9.5, 11.9], [20.0, 24.0]],
-    "onnx_mask_bias": [[10.5, 12.9], [21.0, 19.4]],
-    "onnx_offset_groups": [[33.5, 32.1], [32.0, 32.0]],
-}
-
-
-@pytest.mark.parametrize("name", sorted(ONNX_OUTPUTS))
-def test_onnx_outputs_by_hand(name):
-    out = conformance.expected(name)["output"]
-    np.testing.assert_allclose(out[0, 0], ONNX_OUTPUTS[name], rtol=0, atol=1e-14)
+def test_every_hand_worked_case_is_a_conformance_case_with_values():
+    assert set(handworked.BY_HAND) <= set(conformance.names())
+    for name in handworked.BY_HAND:
+        case = conformance.get_case(name).build()
+        for q, value in handworked.by_hand(name, "mmcv").items():
+            shape = (case.input.shape[0], case.weight.shape[0]) + case.offset.shape[2:] \
+                if q == "output" else getattr(case, q).shape
+            assert value.shape == shape, (name, q)
 
 
-# mmcv tests/test_ops/test_modulated_deform_conv.py: ModulatedDeformConv2dPack(1, 1, (2, 2),
-# padding=1, bias=False), weight 1, zero-initialised offset conv, loss = output.sum()
-MMCV_OUTPUT = [[0.5, 1.5, 2.5, 1.5], [1.0, 3.0, 5.0, 3.0], [1.0, 3.0, 5.0, 3.0],
-               [0.5, 1.5, 2.5, 1.5]]
-MMCV_INPUT_GRAD = np.full((3, 3), 2.0)
-MMCV_WEIGHT_GRAD = np.full((2, 2), 9.0)
-MMCV_OFFSET_BIAS_GRAD = [-3.0, -1.5, -3.0, -1.5, -3.0, -1.5, -3.0, -1.5, 4.5, 4.5, 4.5, 4.5]
-MMCV_OFFSET_WEIGHT_GRAD = [[[-7.0, -4.0], [0.0, 0.0]], [[-9.0, 7.5], [-6.0, 5.0]],
-                           [[-4.0, -7.0], [0.0, 0.0]], [[-7.5, -9.0], [-5.0, -6.0]],
-                           [[-7.0, -4.0], [-7.0, -4.0]], [[-6.0, 5.0], [-9.0, 7.5]],
-                           [[-4.0, -7.0], [-4.0, -7.0]], [[-5.0, -6.0], [-7.5, -9.0]],
-                           [[10.5, 6.0], [7.0, 4.0]], [[6.0, 10.5], [4.0, 7.0]],
-                           [[7.0, 4.0], [10.5, 6.0]], [[4.0, 7.0], [6.0, 10.5]]]
-# the same offset-conv bias gradient under torchvision's rule (dcn-implementations.md, b2)
-TORCHVISION_OFFSET_BIAS_GRAD = [0, 0, 0, -1.5, -3, 0, -3, -1.5, 4.5, 4.5, 4.5, 4.5]
+def test_golden_vectors_carry_the_hand_values(tmp_path):
+    """``refdcn vectors export`` writes, for the hand-worked cases, the values by hand."""
+    cases = [conformance.get_case(n) for n in sorted(handworked.BY_HAND)]
+    vectors.export(str(tmp_path), cases=cases, onnx=False)
+    for name in handworked.BY_HAND:
+        arrays = np.load(tmp_path / "cases" / f"{name}.npz")
+        for convention in ("torchvision", "mmcv"):
+            for q, value in handworked.by_hand(name, convention).items():
+                key = {"output": "output", "offset": f"grad_offset_{convention}"}.get(
+                    q, f"grad_{q}")
+                np.testing.assert_allclose(arrays[key], value, rtol=0, atol=1e-14,
+                                           err_msg=f"{name}: {key}")
 
 
 def _offset_conv_grads(e):
@@ -136,7 +128,7 @@ def _offset_conv_grads(e):
     the last 4 pass through a sigmoid (derivative 1/4 at 0) to give the mask.
     """
     g = np.concatenate([e["offset"][0], 0.25 * e["mask"][0]])          # (12, 4, 4)
-    xpad = np.pad(np.array(conformance.MMCV_INPUT), 1)                  # (5, 5)
+    xpad = np.pad(np.array(handworked.MMCV_INPUT), 1)                  # (5, 5)
     w = np.zeros((12, 2, 2))
     for a in range(2):
         for b in range(2):
@@ -144,80 +136,32 @@ def _offset_conv_grads(e):
     return g.sum(axis=(1, 2)), w
 
 
-def test_mmcv_golden_values():
-    e = conformance.expected("mmcv_small", "mmcv")
-    np.testing.assert_array_equal(e["output"][0, 0], MMCV_OUTPUT)
-    np.testing.assert_array_equal(e["input"][0, 0], MMCV_INPUT_GRAD)
-    np.testing.assert_array_equal(e["weight"][0, 0], MMCV_WEIGHT_GRAD)
-    bias_grad, weight_grad = _offset_conv_grads(e)
-    np.testing.assert_array_equal(bias_grad, MMCV_OFFSET_BIAS_GRAD)
-    np.testing.assert_array_equal(weight_grad, MMCV_OFFSET_WEIGHT_GRAD)
+def test_mmcv_offset_conv_golden_values():
+    """mmcv's gradients of its offset conv, from refdcn's offset and mask gradients."""
+    bias_grad, weight_grad = _offset_conv_grads(conformance.expected("mmcv_small", "mmcv"))
+    np.testing.assert_array_equal(bias_grad, handworked.MMCV_OFFSET_BIAS_GRAD)
+    np.testing.assert_array_equal(weight_grad, handworked.MMCV_OFFSET_WEIGHT_GRAD)
 
 
 def test_mmcv_case_under_the_torchvision_rule():
-    e = conformance.expected("mmcv_small", "torchvision")
-    np.testing.assert_array_equal(e["output"][0, 0], MMCV_OUTPUT)
-    bias_grad, _ = _offset_conv_grads(e)
-    np.testing.assert_array_equal(bias_grad, TORCHVISION_OFFSET_BIAS_GRAD)
-
-
-# border_exact_y: 1x1 kernel, weight 2, input v[y, x] = 4y + x + 1 (3x4); output (oy, ox) samples
-# (T[ox], ox + oy/4) with T = (-1, 0, H-1 = 2, H = 3); grad_output = 1
-BORDER_Y_OUTPUT = [[0, 4, 22, 0], [0, 4.5, 22.5, 0], [0, 5, 23, 0]]   # 2 * S; S = 0 on -1 and H
-BORDER_Y_DY = {
-    # y = -1: torchvision takes the inward derivative (row 0 interpolated at x), mmcv 0;
-    # y = 0: row 1 - row 0 = 4; y = H-1: 0 - row 2 (from above); y = H: 0
-    "torchvision": [[2, 8, -22, 0], [2.5, 8, -22.5, 0], [3, 8, -23, 0]],
-    "mmcv": [[0, 8, -22, 0], [0, 8, -22.5, 0], [0, 8, -23, 0]],
-}
-BORDER_Y_DX = [[0, 2, 2, 0]] * 3            # column differences are 1 (times weight 2)
-BORDER_Y_INPUT = [[0, 4.5, 1.5, 0], [0, 0, 0, 0], [0, 0, 4.5, 1.5]]
-BORDER_Y_WEIGHT = 13 + 13.5 + 14            # the sum of the samples
+    bias_grad, _ = _offset_conv_grads(conformance.expected("mmcv_small", "torchvision"))
+    np.testing.assert_array_equal(bias_grad, handworked.TORCHVISION_OFFSET_BIAS_GRAD)
 
 
 @pytest.mark.parametrize("convention", ["torchvision", "mmcv"])
-def test_border_exact_y_by_hand(convention):
-    e = conformance.expected("border_exact_y", convention)
-    np.testing.assert_array_equal(e["output"][0, 0], BORDER_Y_OUTPUT)
-    np.testing.assert_array_equal(e["offset"][0, 0], BORDER_Y_DY[convention])
-    np.testing.assert_array_equal(e["offset"][0, 1], BORDER_Y_DX)
-    np.testing.assert_array_equal(e["input"][0, 0], BORDER_Y_INPUT)
-    assert e["weight"].item() == BORDER_Y_WEIGHT
+@pytest.mark.parametrize("name", ["mmcv_small", "border_exact_y", "border_exact_x"])
+def test_dyadic_cases_are_exact(name, convention):
+    """Values that are sums of dyadic fractions are exact in float64: equality, no tolerance."""
+    e = conformance.expected(name, convention)
+    for q, value in handworked.by_hand(name, convention).items():
+        np.testing.assert_array_equal(e[q], value, err_msg=q)
 
 
 @pytest.mark.parametrize("convention", ["torchvision", "mmcv"])
-def test_border_exact_x_is_the_transpose(convention):
-    e = conformance.expected("border_exact_x", convention)
-    np.testing.assert_array_equal(e["output"][0, 0], np.transpose(BORDER_Y_OUTPUT))
-    np.testing.assert_array_equal(e["offset"][0, 1], np.transpose(BORDER_Y_DY[convention]))
-    np.testing.assert_array_equal(e["offset"][0, 0], np.transpose(BORDER_Y_DX))
-    np.testing.assert_array_equal(e["input"][0, 0], np.transpose(BORDER_Y_INPUT))
-
-
-# border_bands: 1x1 kernel, weight 2, mask 0.5, v[y, x] = 3y + x + 1 (3x3); output (oy, ox)
-# samples (Y[oy], X[ox]) with Y = (-0.75, 1.5, 2.25), X = (-0.25, 0.5, 2.75)
-BANDS_OUTPUT = [
-    # y = -0.75: only row 0 contributes, with weight 0.25
-    [0.25 * 0.75 * 1, 0.25 * (0.5 * 1 + 0.5 * 2), 0.25 * 0.25 * 3],
-    # y = 1.5: rows 1 and 2 half each
-    [0.75 * 0.5 * (4 + 7), 0.25 * (4 + 5 + 7 + 8), 0.25 * 0.5 * (6 + 9)],
-    # y = 2.25: row 2 with weight 0.75, row 3 is outside
-    [0.75 * 0.75 * 7, 0.75 * 0.5 * (7 + 8), 0.75 * 0.25 * 9],
-]
-
-
-@pytest.mark.parametrize("convention", ["torchvision", "mmcv"])
-def test_border_bands_by_hand(convention):
-    e = conformance.expected("border_bands", convention)
-    np.testing.assert_allclose(e["output"][0, 0], BANDS_OUTPUT, rtol=0, atol=1e-15)
-    np.testing.assert_allclose(e["mask"][0, 0], 2 * np.array(BANDS_OUTPUT), rtol=0, atol=1e-15)
-    dy, dx = e["offset"][0, 0], e["offset"][0, 1]
-    # (-0.75, -0.25): dS/dy = lx*(v[0,0] - 0) = 0.75, times weight*mask = 1
-    assert dy[0, 0] == 0.75 and dx[0, 0] == 0.25
-    # (2.25, 2.75): dS/dy = (1 - lx)*(0 - 9) = -2.25; dS/dx = (1 - ly)*(0 - 9) = -6.75
-    assert dy[2, 2] == -2.25 and dx[2, 2] == -6.75
-    # (1.5, 0.5): interior, dS/dy = 3 (row step), dS/dx = 1 (column step)
-    assert dy[1, 1] == 3.0 and dx[1, 1] == 1.0
+def test_border_bands_coordinate_gradients_by_hand(convention):
+    dy, dx = conformance.expected("border_bands", convention)["offset"][0]
+    for (oy, ox), (ey, ex) in handworked.BANDS_COORDINATE_GRADIENTS.items():
+        assert (dy[oy, ox], dx[oy, ox]) == (ey, ex), (oy, ox)
 
 
 def test_zero_offsets_equal_conv2d():

@@ -148,6 +148,16 @@ def test_mirror_pixels_and_corners(kernels):
                          bilinear.corners(PLANE, yy, xx, H, W))
 
 
+def test_mirror_scatter_add(kernels):
+    """The adjoint on every awkward point: the same pixels receive bitwise the same sums."""
+    for y, x in itertools.product(COORDS, COORDS):
+        for value in (1.0, -2.5, math.nan):
+            got, want = np.zeros((H, W)), np.zeros((H, W))
+            kernels._py_scatter_add(got, H, W, y, x, value)
+            bilinear.scatter_add(want, H, W, y, x, value)
+            assert got.tobytes() == want.tobytes(), (y, x, value)
+
+
 def test_mirror_arithmetic(kernels):
     rng = np.random.default_rng(0)
     fractions = [0.0, -0.0, 0.25, 0.5, 0.999999, 1 / 3, math.nan] + list(rng.uniform(size=5))
@@ -157,6 +167,9 @@ def test_mirror_arithmetic(kernels):
         assert _same(kernels._py_interpolate(*v, ly, lx), bilinear.interpolate(*v, ly, lx))
         assert _same(kernels._py_interpolate_gradient(*v, ly, lx),
                      bilinear.interpolate_gradient(*v, ly, lx))
+        for y0, x0 in ((0, 0), (bilinear.OUTSIDE, 1), (H - 1, W - 1), (-1, -1)):
+            assert _same(kernels._py_scatter_corners(y0, x0, ly, lx),
+                         bilinear.scatter_corners(y0, x0, ly, lx))
     deltas = [0.0, -0.0, 0.3, -1.7, 1e30, -1e30, math.inf, -math.inf, math.nan, 1e-300]
     for out_index, stride, padding, tap, dilation, delta in itertools.product(
             [0, 3], [1, 2], [0, 2], [0, 2], [1, 3], deltas):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import refdcn
+from refdcn import conformance, handworked
 from refdcn.backends import numpy_cpu
-from refdcn import conformance
 from refdcn.testing import make_case, numerical_gradient
 from refdcn.tolerances import FLOAT64_RTOL, relative_error
 
@@ -32,46 +32,27 @@ def both(case, convention="torchvision"):
     return o1, g1
 
 
-# --- the four ONNX backend cases, expected values written out ---------------------------------
+# --- the conformance cases worked out by hand (ONNX's, mmcv's, the borders) ------------------
 
-ONNX_EXPECTED = {
-    "onnx_with_padding": [[0.0, 1.0, 3.0, 2.0], [3.0, 8.0, 11.9, 7.0], [9.0, 20.0, 24.0, 13.0],
-                          [6.0, 13.0, 15.0, 8.0]],
-    "onnx_without_padding": [[9.5, 11.9], [20.0, 24.0]],
-    "onnx_mask_bias": [[10.5, 12.9], [21.0, 19.4]],
-    "onnx_offset_groups": [[33.5, 32.1], [32.0, 32.0]],
-}
-
-
-@pytest.mark.parametrize("name", sorted(ONNX_EXPECTED))
-def test_onnx_backend_cases(name):
+@pytest.mark.parametrize("convention", ["torchvision", "mmcv"])
+@pytest.mark.parametrize("name", sorted(handworked.BY_HAND))
+def test_hand_worked_cases(name, convention):
+    """Both references give the values of refdcn.handworked (to rounding of the decimals)."""
     case = conformance.get_case(name).build()
-    out, _ = both(case)
-    np.testing.assert_allclose(out[0, 0], ONNX_EXPECTED[name], rtol=0, atol=1e-14)
+    out, g = both(case, convention)
+    hand = handworked.by_hand(name, convention)
+    assert hand, name
+    for q, value in hand.items():
+        got = out if q == "output" else getattr(g, q)
+        np.testing.assert_allclose(got, value, rtol=0, atol=1e-14, err_msg=f"{name}: {q}")
 
 
 # --- exact border landings, by hand -----------------------------------------------------------
 
-PLANE = np.arange(1.0, 13.0).reshape(1, 1, 3, 4)     # H=3, W=4, values 1..12
-
-# (output pixel, dy, dx) -> (value, torchvision d/ddy, d/ddx, mmcv d/ddy, d/ddx)
-# 1x1 kernel, stride 1, padding 0: output (oy, ox) samples (oy + dy, ox + dx).
-LANDINGS = [
-    ((0, 1), -1.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0),     # y = -1: tv inward derivative = row 0
-    ((1, 1), 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),      # y = H
-    ((0, 2), 2.0, 0.0, 11.0, -11.0, 1.0, -11.0, 1.0),  # y = H-1: from above sees row H = 0
-    ((2, 0), -2.0, 0.0, 1.0, 4.0, 1.0, 4.0, 1.0),     # y = 0
-    ((1, 0), 0.0, -1.0, 0.0, 0.0, 5.0, 0.0, 0.0),     # x = -1
-    ((2, 3), 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0),      # x = W
-    ((1, 2), 0.0, 1.0, 8.0, 4.0, -8.0, 4.0, -8.0),    # x = W-1
-    ((0, 0), -0.25, 0.0, 0.75, 1.0, 0.75, 1.0, 0.75),  # band (-1, 0)
-    ((2, 2), 0.5, 0.0, 5.5, -11.0, 0.5, -11.0, 0.5),   # band (H-1, H)
-    ((2, 1), -100.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),    # far outside
-    ((0, 3), 0.0, 100.0, 0.0, 0.0, 0.0, 0.0, 0.0),
-]
+PLANE = handworked.PLANE[None, None]     # H=3, W=4, values 1..12
 
 
-@pytest.mark.parametrize("landing", LANDINGS, ids=lambda l: f"out{l[0]}_dy{l[1]}_dx{l[2]}")
+@pytest.mark.parametrize("landing", handworked.LANDINGS, ids=lambda l: f"out{l[0]}_dy{l[1]}_dx{l[2]}")
 def test_exact_border_landings(landing):
     (oy, ox), dy, dx, value, tv_dy, tv_dx, mm_dy, mm_dx = landing
     offset = np.zeros((1, 2, 3, 4))

@@ -94,11 +94,47 @@ cdef inline (double, double) interpolate_gradient(double v00, double v01, double
     return d_dy, d_dx
 
 
+ctypedef (Py_ssize_t, Py_ssize_t, double) Target     # (row, col, weight)
+
+
+cdef inline (Target, Target, Target, Target) scatter_corners(
+        Py_ssize_t y0, Py_ssize_t x0, double ly, double lx) noexcept nogil:
+    cdef double w00, w01, w10, w11
+    w00, w01, w10, w11 = corner_weights(ly, lx)
+    return ((y0, x0, w00), (y0, x0 + 1, w01), (y0 + 1, x0, w10), (y0 + 1, x0 + 1, w11))
+
+
+cdef inline void scatter_add(double[:, ::1] grad_plane, Py_ssize_t height, Py_ssize_t width,
+                             double y, double x, double value) noexcept nogil:
+    cdef bint active
+    cdef Py_ssize_t y0, x0, row, col
+    cdef double ly, lx, weight
+    cdef Target t00, t01, t10, t11
+    # closed_at_minus_one=False: the forward's open square (-1, H) x (-1, W)
+    active, y0, x0, ly, lx = locate(y, x, height, width, False)
+    if active:
+        # bilinear.py's loop over scatter_corners, unrolled (C cannot iterate over a tuple)
+        t00, t01, t10, t11 = scatter_corners(y0, x0, ly, lx)
+        row, col, weight = t00
+        if in_image(row, col, height, width):
+            grad_plane[row, col] += value * weight
+        row, col, weight = t01
+        if in_image(row, col, height, width):
+            grad_plane[row, col] += value * weight
+        row, col, weight = t10
+        if in_image(row, col, height, width):
+            grad_plane[row, col] += value * weight
+        row, col, weight = t11
+        if in_image(row, col, height, width):
+            grad_plane[row, col] += value * weight
+
+
 cdef inline double bilinear_sample(const real[:, ::1] plane, Py_ssize_t height, Py_ssize_t width,
                                    double y, double x) noexcept nogil:
     cdef bint active
     cdef Py_ssize_t y0, x0
     cdef double ly, lx, v00, v01, v10, v11
+    # closed_at_minus_one=False: the open square (-1, H) x (-1, W)
     active, y0, x0, ly, lx = locate(y, x, height, width, False)
     if not active:
         return 0.0

@@ -19,14 +19,16 @@ false (pass any array of the right dtype).
 How they are organised
 ----------------------
 A *sampling point* is one (image, offset group, tap, output pixel).  Its
-location -- :func:`sampling_point`, :func:`locate`, :func:`corner_weights`,
-the mask -- is computed once, into a small table (``Point``), and reused by
-every channel of its offset group.  All scalar math comes from
-``bilinear.pxd``, the mirror of :mod:`refdcn.bilinear`; the channel loops add
-only the weighted sum of the four corners (the last line of
-:func:`interpolate`, with the weights already computed), in double precision
-and in the same order as the "numpy" backend, so that im2col's columns are
-bitwise the same as that backend's.
+location -- :func:`sampling_point`, :func:`locate`, the mask -- is computed
+once, into a small table (``Point``), and reused by every channel of its
+offset group.  All scalar math comes from ``bilinear.pxd``, the mirror of
+:mod:`refdcn.bilinear`, also in the inner loops: im2col calls
+:func:`interpolate` on the four corners, col2im adds to the four
+``(row, col, weight)`` targets of :func:`scatter_corners` (the adjoint), the
+coordinate gradients call :func:`interpolate_gradient` and
+:func:`interpolate`.  These are ``inline nogil`` C functions, so the compiler
+sees the arithmetic as if written in place.  im2col's columns are bitwise
+those of the "numpy" backend (same functions, double precision, same order).
 
 Corner reads go to a *padded* copy of each image plane: two zero rows/columns
 before and one after, shape (H+3, W+3).  Every corner :func:`locate` can
@@ -63,10 +65,10 @@ from cython.parallel cimport prange, threadid
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from refdcn._cy.bilinear cimport (BORDER_TORCHVISION, OUTSIDE, bilinear_gradient,
+from refdcn._cy.bilinear cimport (BORDER_TORCHVISION, OUTSIDE, Target, bilinear_gradient,
                                   bilinear_sample, corner_weights, corners, in_image,
                                   interpolate, interpolate_gradient, locate, pixel, real,
-                                  sampling_point)
+                                  sampling_point, scatter_add, scatter_corners)
 
 cdef extern from *:
     """
@@ -125,9 +127,9 @@ cdef struct Geom:
 
 cdef struct Point:
     # one sampling point (image, offset group, tap, output pixel): what every channel reuses
-    Py_ssize_t idx          # flat index of the floor corner (y0, x0) in a padded plane
+    Py_ssize_t y0, x0       # floor corner (locate); OUTSIDE for inactive and NaN points
+    Py_ssize_t idx          # flat index of (y0, x0) in a padded plane
     double ly, lx           # fractional parts (locate)
-    double w00, w01, w10, w11   # corner weights (corner_weights), times m if folded
     double m                # the mask, 1 without one
 
 
@@ -160,14 +162,14 @@ cdef Geom _geom(g, Py_ssize_t batch) except *:
 
 cdef void _fill(Point* pts, Py_ssize_t row, const real[:, :, ::1] offset,
                 const real[:, :, ::1] mask, bint has_mask, Py_ssize_t b, Py_ssize_t d,
-                Py_ssize_t t0, Py_ssize_t n, Geom* g, bint closed, bint fold_mask) noexcept nogil:
+                Py_ssize_t t0, Py_ssize_t n, Geom* g, bint closed) noexcept nogil:
     """The sampling points of taps 0..K-1 and pixels t0..t0+n-1: ``pts[k*row + q]``.
 
-    ``closed``: locate's ``closed_at_minus_one``; ``fold_mask``: store
-    ``m * w_ab`` instead of ``w_ab``.  Serial (called inside parallel loops).
+    ``closed``: locate's ``closed_at_minus_one``.  Serial (called inside
+    parallel loops).
     """
     cdef Py_ssize_t k, q, p, i, j, oy, ox, kk, y0, x0
-    cdef double y, x, ly, lx, m
+    cdef double y, x, ly, lx
     cdef bint active
     cdef Point* pt
     for k in range(g.K):
@@ -183,17 +185,26 @@ cdef void _fill(Point* pts, Py_ssize_t row, const real[:, :, ::1] offset,
             active, y0, x0, ly, lx = locate(y, x, g.H, g.W, closed)
             pt = pts + k * row + q
             # inactive and NaN points have y0 = x0 = OUTSIDE: the all-zero corner block
-            pt.idx = (y0 + PAD_BEFORE) * g.Wp + (x0 + PAD_BEFORE)
+            pt.y0 = y0
+            pt.x0 = x0
+            pt.idx = _padded_index(y0, x0, g.Wp)
             pt.ly = ly
             pt.lx = lx
-            pt.w00, pt.w01, pt.w10, pt.w11 = corner_weights(ly, lx)
-            m = mask[b, kk, p] if has_mask else 1.0
-            pt.m = m
-            if fold_mask:
-                pt.w00 = m * pt.w00
-                pt.w01 = m * pt.w01
-                pt.w10 = m * pt.w10
-                pt.w11 = m * pt.w11
+            pt.m = mask[b, kk, p] if has_mask else 1.0
+
+
+cdef inline Py_ssize_t _padded_index(Py_ssize_t row, Py_ssize_t col, Py_ssize_t Wp) noexcept nogil:
+    """Flat index of image pixel (row, col) in a padded plane (row length ``Wp``)."""
+    return (row + PAD_BEFORE) * Wp + (col + PAD_BEFORE)
+
+
+cdef inline void _scatter(double* acc, Target target, Py_ssize_t Wp, double value) noexcept nogil:
+    """``acc[row, col] += weight * value`` for one ``(row, col, weight)`` of scatter_corners.
+
+    ``acc`` is a padded plane: every corner locate can return lies inside it,
+    and what lands on its border (corners outside the image) is dropped later.
+    """
+    acc[_padded_index(target[0], target[1], Wp)] += target[2] * value
 
 
 cdef void _pad(const real[:, :, :, ::1] input, real* padded, Geom* g) noexcept nogil:
@@ -248,18 +259,17 @@ def im2col_into(const real[:, :, :, ::1] input, const real[:, :, ::1] offset,
                 t0 = tile * T
                 n = min(T, g.P - t0)
                 pts = tables + threadid() * g.K * T
-                _fill(pts, n, offset, mask, has_mask, b, d, t0, n, &g, False, False)
+                _fill(pts, n, offset, mask, has_mask, b, d, t0, n, &g, False)
                 for c in range(d * g.cpg, (d + 1) * g.cpg):
                     src = padded + (b * g.C + c) * g.plane
                     for k in range(g.K):
                         dst = &columns[b, c * g.K + k, t0]
                         pk = pts + k * n
                         for q in range(n):
+                            # corners (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1)
                             ii = pk[q].idx
-                            # the last line of bilinear.interpolate, with the weights
-                            # of corner_weights computed once per sampling point
-                            v = (pk[q].w00 * src[ii] + pk[q].w01 * src[ii + 1]
-                                 + pk[q].w10 * src[ii + Wp] + pk[q].w11 * src[ii + Wp + 1])
+                            v = interpolate(src[ii], src[ii + 1], src[ii + Wp], src[ii + Wp + 1],
+                                            pk[q].ly, pk[q].lx)
                             dst[q] = <real>(pk[q].m * v)
     finally:
         free(padded)
@@ -286,7 +296,8 @@ def col2im_into(const real[:, :, ::1] grad_columns, const real[:, :, ::1] offset
     cdef Py_ssize_t nchunks = (g.P + PT - 1) // PT
     cdef Py_ssize_t T = max(1, min(TILE, PT))
     cdef Py_ssize_t ntiles = (PT + T - 1) // T
-    cdef Py_ssize_t b, chunk, p0, np_, it, d, tile, t0, n, c, k, q, ii, yy, xx, Wp = g.Wp
+    cdef Py_ssize_t b, chunk, p0, np_, it, d, tile, t0, n, c, k, q, yy, xx, Wp = g.Wp
+    cdef Target t00, t01, t10, t11
     cdef const real* gsrc
     cdef double* acc
     cdef real* gout
@@ -310,7 +321,7 @@ def col2im_into(const real[:, :, ::1] grad_columns, const real[:, :, ::1] offset
                         if t0 < np_:
                             n = min(T, np_ - t0)
                             _fill(table + d * g.K * np_ + t0, np_, offset, mask, has_mask, b,
-                                  d, p0 + t0, n, &g, False, True)
+                                  d, p0 + t0, n, &g, False)
                     for c in prange(g.C, schedule="dynamic"):
                         acc = padded + c * g.plane
                         if chunk == 0:
@@ -320,12 +331,15 @@ def col2im_into(const real[:, :, ::1] grad_columns, const real[:, :, ::1] offset
                             gsrc = &grad_columns[b, c * g.K + k, p0]
                             pk = table + (d * g.K + k) * np_
                             for q in range(np_):
-                                ii = pk[q].idx
-                                gv = gsrc[q]
-                                acc[ii] = acc[ii] + pk[q].w00 * gv
-                                acc[ii + 1] = acc[ii + 1] + pk[q].w01 * gv
-                                acc[ii + Wp] = acc[ii + Wp] + pk[q].w10 * gv
-                                acc[ii + Wp + 1] = acc[ii + Wp + 1] + pk[q].w11 * gv
+                                # the adjoint of sampling: m * g to the four corners, each
+                                # times its weight (bilinear.scatter_corners)
+                                gv = pk[q].m * gsrc[q]
+                                t00, t01, t10, t11 = scatter_corners(pk[q].y0, pk[q].x0,
+                                                                     pk[q].ly, pk[q].lx)
+                                _scatter(acc, t00, Wp, gv)
+                                _scatter(acc, t01, Wp, gv)
+                                _scatter(acc, t10, Wp, gv)
+                                _scatter(acc, t11, Wp, gv)
                         if chunk == nchunks - 1:
                             # the interior is the gradient; the border collected what fell
                             # outside the image (and NaN points), and is dropped
@@ -387,7 +401,7 @@ def coordinate_gradients_into(const real[:, :, ::1] grad_columns,
                 n = min(T, g.P - t0)
                 pts = tables + threadid() * KT
                 acc = accs + threadid() * 4 * KT
-                _fill(pts, n, offset, mask, has_mask, b, d, t0, n, &g, closed, False)
+                _fill(pts, n, offset, mask, has_mask, b, d, t0, n, &g, closed)
                 memset(acc, 0, 4 * KT * sizeof(double))
                 # dS/dy, dS/dx and S are linear in the four corner values, with
                 # coefficients fixed by the point (ly, lx): the sum over channels of
@@ -486,3 +500,14 @@ def _py_bilinear_gradient(const real[:, ::1] plane, Py_ssize_t height, Py_ssize_
                           double y, double x, int convention):
     """bilinear.pxd's bilinear_gradient."""
     return bilinear_gradient(plane, height, width, y, x, convention)
+
+
+def _py_scatter_corners(Py_ssize_t y0, Py_ssize_t x0, double ly, double lx):
+    """bilinear.pxd's scatter_corners."""
+    return scatter_corners(y0, x0, ly, lx)
+
+
+def _py_scatter_add(double[:, ::1] grad_plane, Py_ssize_t height, Py_ssize_t width, double y,
+                    double x, double value):
+    """bilinear.pxd's scatter_add (adds into ``grad_plane``, float64)."""
+    scatter_add(grad_plane, height, width, y, x, value)
