@@ -64,13 +64,12 @@ def locate_all(y, x, height, width, closed_at_minus_one):
             inside = (y >= -1) & (y < height) & (x >= -1) & (x < width)
         else:
             inside = (y > -1) & (y < height) & (x > -1) & (x < width)
-        yf = np.floor(np.where(inside, y, 0.0))
-        xf = np.floor(np.where(inside, x, 0.0))
         nan = np.isnan(y) | np.isnan(x)
-        ly = np.where(inside, y - yf, np.where(nan, np.nan, 0.0))
-        lx = np.where(inside, x - xf, np.where(nan, np.nan, 0.0))
-    y0 = np.where(inside, yf, OUTSIDE).astype(np.intp)
-    x0 = np.where(inside, xf, OUTSIDE).astype(np.intp)
+        y0 = np.where(inside, np.floor(np.where(inside, y, 0.0)), OUTSIDE).astype(np.intp)
+        x0 = np.where(inside, np.floor(np.where(inside, x, 0.0)), OUTSIDE).astype(np.intp)
+        # ``y - y0`` with the integer corner, as in locate (so -0.0 keeps its sign there too)
+        ly = np.where(inside, y - y0, np.where(nan, np.nan, 0.0))
+        lx = np.where(inside, x - x0, np.where(nan, np.nan, 0.0))
     return y0, x0, ly, lx
 
 
