@@ -127,8 +127,7 @@ cdef struct Geom:
 
 cdef struct Point:
     # one sampling point (image, offset group, tap, output pixel): what every channel reuses
-    Py_ssize_t y0, x0       # floor corner (locate); OUTSIDE for inactive and NaN points
-    Py_ssize_t idx          # flat index of (y0, x0) in a padded plane
+    Py_ssize_t idx          # flat index of the floor corner (y0, x0) in a padded plane
     double ly, lx           # fractional parts (locate)
     double m                # the mask, 1 without one
 
@@ -185,26 +184,21 @@ cdef void _fill(Point* pts, Py_ssize_t row, const real[:, :, ::1] offset,
             active, y0, x0, ly, lx = locate(y, x, g.H, g.W, closed)
             pt = pts + k * row + q
             # inactive and NaN points have y0 = x0 = OUTSIDE: the all-zero corner block
-            pt.y0 = y0
-            pt.x0 = x0
-            pt.idx = _padded_index(y0, x0, g.Wp)
+            pt.idx = (y0 + PAD_BEFORE) * g.Wp + (x0 + PAD_BEFORE)
             pt.ly = ly
             pt.lx = lx
             pt.m = mask[b, kk, p] if has_mask else 1.0
 
 
-cdef inline Py_ssize_t _padded_index(Py_ssize_t row, Py_ssize_t col, Py_ssize_t Wp) noexcept nogil:
-    """Flat index of image pixel (row, col) in a padded plane (row length ``Wp``)."""
-    return (row + PAD_BEFORE) * Wp + (col + PAD_BEFORE)
+cdef inline void _scatter(double* corner, Target target, Py_ssize_t Wp, double value) noexcept nogil:
+    """``corner[row, col] += weight * value`` for one ``(row, col, weight)`` of scatter_corners.
 
-
-cdef inline void _scatter(double* acc, Target target, Py_ssize_t Wp, double value) noexcept nogil:
-    """``acc[row, col] += weight * value`` for one ``(row, col, weight)`` of scatter_corners.
-
-    ``acc`` is a padded plane: every corner locate can return lies inside it,
-    and what lands on its border (corners outside the image) is dropped later.
+    ``corner`` points at the floor corner of a point in a padded plane (row
+    length ``Wp``), and the target is relative to it (scatter_corners called
+    with ``y0 = x0 = 0``).  Every corner locate can return lies inside the
+    padded plane; what lands on its border (outside the image) is dropped later.
     """
-    acc[_padded_index(target[0], target[1], Wp)] += target[2] * value
+    corner[target[0] * Wp + target[1]] += target[2] * value
 
 
 cdef void _pad(const real[:, :, :, ::1] input, real* padded, Geom* g) noexcept nogil:
@@ -334,12 +328,12 @@ def col2im_into(const real[:, :, ::1] grad_columns, const real[:, :, ::1] offset
                                 # the adjoint of sampling: m * g to the four corners, each
                                 # times its weight (bilinear.scatter_corners)
                                 gv = pk[q].m * gsrc[q]
-                                t00, t01, t10, t11 = scatter_corners(pk[q].y0, pk[q].x0,
-                                                                     pk[q].ly, pk[q].lx)
-                                _scatter(acc, t00, Wp, gv)
-                                _scatter(acc, t01, Wp, gv)
-                                _scatter(acc, t10, Wp, gv)
-                                _scatter(acc, t11, Wp, gv)
+                                # targets relative to the floor corner at acc + idx
+                                t00, t01, t10, t11 = scatter_corners(0, 0, pk[q].ly, pk[q].lx)
+                                _scatter(acc + pk[q].idx, t00, Wp, gv)
+                                _scatter(acc + pk[q].idx, t01, Wp, gv)
+                                _scatter(acc + pk[q].idx, t10, Wp, gv)
+                                _scatter(acc + pk[q].idx, t11, Wp, gv)
                         if chunk == nchunks - 1:
                             # the interior is the gradient; the border collected what fell
                             # outside the image (and NaN points), and is dropped
