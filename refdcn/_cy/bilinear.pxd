@@ -107,26 +107,17 @@ cdef inline (Target, Target, Target, Target) scatter_corners(
 cdef inline void scatter_add(double[:, ::1] grad_plane, Py_ssize_t height, Py_ssize_t width,
                              double y, double x, double value) noexcept nogil:
     cdef bint active
-    cdef Py_ssize_t y0, x0, row, col
+    cdef Py_ssize_t y0, x0, row, col, corner
     cdef double ly, lx, weight
-    cdef Target t00, t01, t10, t11
+    cdef Target targets[4]
     # closed_at_minus_one=False: the forward's open square (-1, H) x (-1, W)
     active, y0, x0, ly, lx = locate(y, x, height, width, False)
     if active:
-        # bilinear.py's loop over scatter_corners, unrolled (C cannot iterate over a tuple)
-        t00, t01, t10, t11 = scatter_corners(y0, x0, ly, lx)
-        row, col, weight = t00
-        if in_image(row, col, height, width):
-            grad_plane[row, col] += value * weight
-        row, col, weight = t01
-        if in_image(row, col, height, width):
-            grad_plane[row, col] += value * weight
-        row, col, weight = t10
-        if in_image(row, col, height, width):
-            grad_plane[row, col] += value * weight
-        row, col, weight = t11
-        if in_image(row, col, height, width):
-            grad_plane[row, col] += value * weight
+        targets[0], targets[1], targets[2], targets[3] = scatter_corners(y0, x0, ly, lx)
+        for corner in range(4):          # C cannot iterate over the tuple itself
+            row, col, weight = targets[corner]
+            if in_image(row, col, height, width):
+                grad_plane[row, col] += value * weight
 
 
 cdef inline double bilinear_sample(const real[:, ::1] plane, Py_ssize_t height, Py_ssize_t width,
