@@ -156,10 +156,20 @@ def corner_weights(ly, lx):
     return hy * hx, hy * lx, ly * hx, ly * lx
 
 
+def weighted_sum(v00, v01, v10, v11, w00, w01, w10, w11):
+    """``w00*v00 + w01*v01 + w10*v10 + w11*v11``: the corners times their weights.
+
+    The last step of :func:`interpolate`, on its own so that a kernel that
+    reuses one point's :func:`corner_weights` for many channels can call it.
+    Works on scalars and on arrays.
+    """
+    return w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11
+
+
 def interpolate(v00, v01, v10, v11, ly, lx):
     """Bilinear value from the four corner values and the fractional parts."""
     w00, w01, w10, w11 = corner_weights(ly, lx)
-    return w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11
+    return weighted_sum(v00, v01, v10, v11, w00, w01, w10, w11)
 
 
 def interpolate_gradient(v00, v01, v10, v11, ly, lx):
@@ -171,6 +181,16 @@ def interpolate_gradient(v00, v01, v10, v11, ly, lx):
     d_dy = (1.0 - lx) * (v10 - v00) + lx * (v11 - v01)
     d_dx = (1.0 - ly) * (v01 - v00) + ly * (v11 - v10)
     return d_dy, d_dx
+
+
+def weighted_targets(y0, x0, w00, w01, w10, w11):
+    """The adjoint of :func:`weighted_sum`: ``(row, col, weight)`` of the four corners.
+
+    The last step of :func:`scatter_corners`, on its own so that a kernel that
+    reuses one point's :func:`corner_weights` for many channels can call it.
+    ``(y0, x0)`` may also be ``(0, 0)``: the targets relative to the floor corner.
+    """
+    return ((y0, x0, w00), (y0, x0 + 1, w01), (y0 + 1, x0, w10), (y0 + 1, x0 + 1, w11))
 
 
 def scatter_corners(y0, x0, ly, lx):
@@ -195,7 +215,7 @@ def scatter_corners(y0, x0, ly, lx):
         scalars and on broadcastable arrays (``row``/``col`` then are arrays).
     """
     w00, w01, w10, w11 = corner_weights(ly, lx)
-    return ((y0, x0, w00), (y0, x0 + 1, w01), (y0 + 1, x0, w10), (y0 + 1, x0 + 1, w11))
+    return weighted_targets(y0, x0, w00, w01, w10, w11)
 
 
 def scatter_add(grad_plane, height, width, y, x, value):

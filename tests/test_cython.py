@@ -165,11 +165,15 @@ def test_mirror_arithmetic(kernels):
         assert _same(kernels._py_corner_weights(ly, lx), bilinear.corner_weights(ly, lx))
         v = tuple(float(t) for t in rng.normal(size=4) * 10.0 ** rng.integers(-3, 4))
         assert _same(kernels._py_interpolate(*v, ly, lx), bilinear.interpolate(*v, ly, lx))
+        w = bilinear.corner_weights(ly, lx)
+        assert _same(kernels._py_weighted_sum(*v, *w), bilinear.weighted_sum(*v, *w))
         assert _same(kernels._py_interpolate_gradient(*v, ly, lx),
                      bilinear.interpolate_gradient(*v, ly, lx))
         for y0, x0 in ((0, 0), (bilinear.OUTSIDE, 1), (H - 1, W - 1), (-1, -1)):
             assert _same(kernels._py_scatter_corners(y0, x0, ly, lx),
                          bilinear.scatter_corners(y0, x0, ly, lx))
+            assert _same(kernels._py_weighted_targets(y0, x0, *w),
+                         bilinear.weighted_targets(y0, x0, *w))
     deltas = [0.0, -0.0, 0.3, -1.7, 1e30, -1e30, math.inf, -math.inf, math.nan, 1e-300]
     for out_index, stride, padding, tap, dilation, delta in itertools.product(
             [0, 3], [1, 2], [0, 2], [0, 2], [1, 3], deltas):

@@ -80,11 +80,16 @@ cdef inline (double, double, double, double) corner_weights(double ly, double lx
     return hy * hx, hy * lx, ly * hx, ly * lx
 
 
+cdef inline double weighted_sum(double v00, double v01, double v10, double v11, double w00,
+                                double w01, double w10, double w11) noexcept nogil:
+    return w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11
+
+
 cdef inline double interpolate(double v00, double v01, double v10, double v11,
                                double ly, double lx) noexcept nogil:
     cdef double w00, w01, w10, w11
     w00, w01, w10, w11 = corner_weights(ly, lx)
-    return w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11
+    return weighted_sum(v00, v01, v10, v11, w00, w01, w10, w11)
 
 
 cdef inline (double, double) interpolate_gradient(double v00, double v01, double v10, double v11,
@@ -97,11 +102,17 @@ cdef inline (double, double) interpolate_gradient(double v00, double v01, double
 ctypedef (Py_ssize_t, Py_ssize_t, double) Target     # (row, col, weight)
 
 
+cdef inline (Target, Target, Target, Target) weighted_targets(
+        Py_ssize_t y0, Py_ssize_t x0, double w00, double w01, double w10,
+        double w11) noexcept nogil:
+    return ((y0, x0, w00), (y0, x0 + 1, w01), (y0 + 1, x0, w10), (y0 + 1, x0 + 1, w11))
+
+
 cdef inline (Target, Target, Target, Target) scatter_corners(
         Py_ssize_t y0, Py_ssize_t x0, double ly, double lx) noexcept nogil:
     cdef double w00, w01, w10, w11
     w00, w01, w10, w11 = corner_weights(ly, lx)
-    return ((y0, x0, w00), (y0, x0 + 1, w01), (y0 + 1, x0, w10), (y0 + 1, x0 + 1, w11))
+    return weighted_targets(y0, x0, w00, w01, w10, w11)
 
 
 cdef inline void scatter_add(double[:, ::1] grad_plane, Py_ssize_t height, Py_ssize_t width,

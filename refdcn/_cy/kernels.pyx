@@ -19,12 +19,14 @@ false (pass any array of the right dtype).
 How they are organised
 ----------------------
 A *sampling point* is one (image, offset group, tap, output pixel).  Its
-location -- :func:`sampling_point`, :func:`locate`, the mask -- is computed
-once, into a small table (``Point``), and reused by every channel of its
-offset group.  All scalar math comes from ``bilinear.pxd``, the mirror of
-:mod:`refdcn.bilinear`, also in the inner loops: im2col calls
-:func:`interpolate` on the four corners, col2im adds to the four
-``(row, col, weight)`` targets of :func:`scatter_corners` (the adjoint), the
+location -- :func:`sampling_point`, :func:`locate`, :func:`corner_weights`,
+the mask -- is computed once, into a small table (``Point``), and reused by
+every channel of its offset group.  All scalar math comes from
+``bilinear.pxd``, the mirror of :mod:`refdcn.bilinear`, also in the inner
+loops: im2col calls :func:`weighted_sum` (the last step of
+:func:`interpolate`) on the four corners, col2im adds to the four
+``(row, col, weight)`` targets of :func:`weighted_targets` (the last step of
+:func:`scatter_corners`, the adjoint), the
 coordinate gradients call :func:`interpolate_gradient` and
 :func:`interpolate`.  These are ``inline nogil`` C functions, so the compiler
 sees the arithmetic as if written in place.  im2col's columns are bitwise
@@ -68,7 +70,8 @@ from libc.string cimport memcpy, memset
 from refdcn._cy.bilinear cimport (BORDER_TORCHVISION, OUTSIDE, Target, bilinear_gradient,
                                   bilinear_sample, corner_weights, corners, in_image,
                                   interpolate, interpolate_gradient, locate, pixel, real,
-                                  sampling_point, scatter_add, scatter_corners)
+                                  sampling_point, scatter_add, scatter_corners, weighted_sum,
+                                  weighted_targets)
 
 cdef extern from *:
     """
@@ -129,6 +132,7 @@ cdef struct Point:
     # one sampling point (image, offset group, tap, output pixel): what every channel reuses
     Py_ssize_t idx          # flat index of the floor corner (y0, x0) in a padded plane
     double ly, lx           # fractional parts (locate)
+    double w00, w01, w10, w11   # corner weights (corner_weights)
     double m                # the mask, 1 without one
 
 
@@ -187,6 +191,7 @@ cdef void _fill(Point* pts, Py_ssize_t row, const real[:, :, ::1] offset,
             pt.idx = (y0 + PAD_BEFORE) * g.Wp + (x0 + PAD_BEFORE)
             pt.ly = ly
             pt.lx = lx
+            pt.w00, pt.w01, pt.w10, pt.w11 = corner_weights(ly, lx)
             pt.m = mask[b, kk, p] if has_mask else 1.0
 
 
@@ -195,7 +200,7 @@ cdef inline void _scatter(double* corner, Target target, Py_ssize_t Wp, double v
 
     ``corner`` points at the floor corner of a point in a padded plane (row
     length ``Wp``), and the target is relative to it (scatter_corners called
-    with ``y0 = x0 = 0``).  Every corner locate can return lies inside the
+    or weighted_targets with ``y0 = x0 = 0``).  Every corner locate can return lies inside the
     padded plane; what lands on its border (outside the image) is dropped later.
     """
     corner[target[0] * Wp + target[1]] += target[2] * value
@@ -260,10 +265,12 @@ def im2col_into(const real[:, :, :, ::1] input, const real[:, :, ::1] offset,
                         dst = &columns[b, c * g.K + k, t0]
                         pk = pts + k * n
                         for q in range(n):
-                            # corners (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1)
+                            # interpolate, with the point's corner_weights computed once
+                            # for all channels: corners (y0, x0), (y0, x0+1), (y0+1, x0),
+                            # (y0+1, x0+1) times their weights
                             ii = pk[q].idx
-                            v = interpolate(src[ii], src[ii + 1], src[ii + Wp], src[ii + Wp + 1],
-                                            pk[q].ly, pk[q].lx)
+                            v = weighted_sum(src[ii], src[ii + 1], src[ii + Wp], src[ii + Wp + 1],
+                                             pk[q].w00, pk[q].w01, pk[q].w10, pk[q].w11)
                             dst[q] = <real>(pk[q].m * v)
     finally:
         free(padded)
@@ -328,8 +335,11 @@ def col2im_into(const real[:, :, ::1] grad_columns, const real[:, :, ::1] offset
                                 # the adjoint of sampling: m * g to the four corners, each
                                 # times its weight (bilinear.scatter_corners)
                                 gv = pk[q].m * gsrc[q]
-                                # targets relative to the floor corner at acc + idx
-                                t00, t01, t10, t11 = scatter_corners(0, 0, pk[q].ly, pk[q].lx)
+                                # scatter_corners with the point's corner_weights computed
+                                # once for all channels; targets relative to the floor
+                                # corner at acc + idx
+                                t00, t01, t10, t11 = weighted_targets(0, 0, pk[q].w00, pk[q].w01,
+                                                                      pk[q].w10, pk[q].w11)
                                 _scatter(acc + pk[q].idx, t00, Wp, gv)
                                 _scatter(acc + pk[q].idx, t01, Wp, gv)
                                 _scatter(acc + pk[q].idx, t10, Wp, gv)
@@ -505,3 +515,15 @@ def _py_scatter_add(double[:, ::1] grad_plane, Py_ssize_t height, Py_ssize_t wid
                     double x, double value):
     """bilinear.pxd's scatter_add (adds into ``grad_plane``, float64)."""
     scatter_add(grad_plane, height, width, y, x, value)
+
+
+def _py_weighted_sum(double v00, double v01, double v10, double v11, double w00, double w01,
+                     double w10, double w11):
+    """bilinear.pxd's weighted_sum."""
+    return weighted_sum(v00, v01, v10, v11, w00, w01, w10, w11)
+
+
+def _py_weighted_targets(Py_ssize_t y0, Py_ssize_t x0, double w00, double w01, double w10,
+                         double w11):
+    """bilinear.pxd's weighted_targets."""
+    return weighted_targets(y0, x0, w00, w01, w10, w11)
