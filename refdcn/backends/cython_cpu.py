@@ -14,6 +14,7 @@ with the reason, and :func:`refdcn.backends.unavailable` reports it; importing
 refdcn itself never fails.
 """
 
+import ctypes
 import os
 import threading
 
@@ -71,6 +72,45 @@ DESCRIPTION = ("compiled Cython im2col/col2im kernels "
 def threads():
     """Number of threads the kernels use (1 for a serial build; ``OMP_NUM_THREADS`` sets it)."""
     return _kernels.max_threads()
+
+
+def _openmp_set_num_threads():
+    """``omp_set_num_threads`` of the OpenMP runtime the extension is linked to, or None.
+
+    Looked up through the extension's own handle, so it is the runtime the
+    kernels use even when another library (torch) loaded a libgomp first.
+    """
+    if not OPENMP:
+        return None
+    try:
+        function = ctypes.CDLL(_kernels.__file__).omp_set_num_threads
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = [ctypes.c_int], None
+    return function
+
+
+_OMP_SET_NUM_THREADS = _openmp_set_num_threads()
+
+
+def _single_threaded_after_fork():
+    """In a child made by ``fork()``: run the kernels on one thread from now on.
+
+    GNU OpenMP's thread team does not survive ``fork()`` (only the forking
+    thread is copied; the team's threads are not), so the child's first
+    parallel loop would wait forever for them (issue 12, item 1: PyTorch
+    DataLoader workers, ``multiprocessing`` with the default start method on
+    Linux).  With one thread the runtime never touches the team.  The kernels
+    compute every element in the same order whatever the thread count, so the
+    child's results are bitwise those of the parent.  Registered with
+    :func:`os.register_at_fork` at import (``tests/test_hardening.py::test_fork``).
+    """
+    if _OMP_SET_NUM_THREADS is not None:
+        _OMP_SET_NUM_THREADS(1)
+
+
+if OPENMP:
+    os.register_at_fork(after_in_child=_single_threaded_after_fork)
 
 
 class _Lease:

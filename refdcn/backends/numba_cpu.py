@@ -160,6 +160,23 @@ SERIAL_WORK = 1 << 17
 #: Held while a parallel kernel runs (see :data:`PREFERRED_THREADING_LAYER`).
 _LAUNCH_LOCK = threading.Lock()
 
+#: True in a child made by ``fork()`` from a process whose parallel Numba code ran on
+#: the ``omp`` layer: GNU OpenMP's thread team does not survive ``fork()`` and
+#: Numba stops such a child at its first parallel launch, so the kernels run
+#: serially there (bitwise the same results).  ``workqueue`` and ``tbb`` survive
+#: fork (``tests/test_hardening.py::test_fork``).
+_SERIAL_AFTER_FORK = False
+
+
+def _after_fork_in_child():
+    global _SERIAL_AFTER_FORK
+    from numba.np.ufunc import parallel
+    if parallel._is_initialized and numba.threading_layer() == "omp":
+        _SERIAL_AFTER_FORK = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class _Kernel:
     """One kernel source compiled twice: parallel (``prange``) and serial.
@@ -181,7 +198,7 @@ class _Kernel:
         self.__doc__ = function.__doc__
 
     def __call__(self, work, *args):
-        if work < SERIAL_WORK or numba.get_num_threads() == 1:
+        if work < SERIAL_WORK or _SERIAL_AFTER_FORK or numba.get_num_threads() == 1:
             return self.serial(*args)
         with _LAUNCH_LOCK:
             return self.parallel(*args)
