@@ -28,10 +28,36 @@ def convention_code(convention):
                          f"got {convention!r}") from None
 
 
-def _prepare(module, arrays):
-    """Coerce arrays for a backend (NumPy arrays, or device arrays for "cuda")."""
+_ARRAY_NAMES = ("input", "offset", "weight", "bias", "mask")
+
+
+def _prepare(module, arrays, names=_ARRAY_NAMES):
+    """Coerce arrays for a backend (NumPy arrays, or device arrays for "cuda").
+
+    Anything the conversion refuses (a ragged nested list, a PyTorch tensor
+    that requires grad, a bfloat16 tensor, a tensor on another device) raises
+    TypeError or ValueError naming the argument, what was received and what
+    was expected.
+    """
     coerce = getattr(module, "coerce", np.asarray)
-    return [None if a is None else coerce(a) for a in arrays]
+    return [None if a is None else _coerce(coerce, a, name) for a, name in zip(arrays, names)]
+
+
+def _coerce(coerce, array, name):
+    if getattr(array, "requires_grad", False):
+        raise TypeError(f"{name} is a {type(array).__name__} that requires grad; refdcn does "
+                        f"not record autograd graphs: pass {name}.detach()")
+    try:
+        return coerce(array)
+    except ValueError as exc:   # NumPy: ragged nested sequences
+        raise ValueError(f"{name} must be an array (or a rectangular nested sequence) of "
+                         f"numbers; got {type(array).__name__} that NumPy cannot convert: "
+                         f"{exc}") from None
+    except (TypeError, RuntimeError) as exc:   # torch: bfloat16, other devices, ...
+        dtype = getattr(array, "dtype", None)
+        raise TypeError(f"{name} must be a NumPy-convertible array of dtype float16, float32 "
+                        f"or float64; got {type(array).__name__}"
+                        f"{'' if dtype is None else f' of dtype {dtype}'}: {exc}") from None
 
 
 def _to_compute(module, arrays, dtype):
@@ -76,9 +102,11 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     -------
     output : array, shape (N, C_out, H_out, W_out)
         ``H_out = (H + 2*ph - dh*(kh-1) - 1) // sh + 1`` (same for W).
-        dtype: float64 if any input is float64, else float32 (float16 inputs
-        are computed in float32); the ``"reference"`` backend always returns
-        float64.  The ``"cuda"`` backend returns a device array for device
+        dtype (the one policy, :func:`refdcn.geometry.compute_dtype`, for
+        every backend): float64 if any array argument is float64, else float32
+        (float16 inputs are computed in float32); the ``"reference"`` backend
+        always computes and returns float64.  Other dtypes are refused (see
+        Raises).  The ``"cuda"`` backend returns a device array for device
         inputs (see its documentation).
 
     Notes
@@ -114,7 +142,15 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     ------
     TypeError, ValueError
         For arguments of the wrong type, dtype or shape; the message names the
-        argument, what was received and what was expected.
+        argument, what was received and what was expected.  TypeError: an
+        array dtype other than float16/float32/float64 (integer, bool,
+        complex, object, bfloat16, float128: precision beyond float64 is never
+        silently dropped), a PyTorch tensor that requires grad, a stride,
+        padding or dilation that is not an int or an ordered pair (a set is
+        refused).  ValueError: a ragged nested list, a shape that does not
+        fit the layout, C_in, H or W of 0 (an empty batch, N = 0, is
+        allowed), stride/dilation < 1, padding < 0, or any of them above
+        ``2**31 - 1``.
     refdcn.backends.BackendUnavailable
         If the requested backend does not work here (the message says why).
     """
@@ -175,7 +211,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     code = convention_code(convention)
     module = backends.get(backend)
     grad_output, input, offset, weight, bias, mask = _prepare(
-        module, (grad_output, input, offset, weight, bias, mask))
+        module, (grad_output, input, offset, weight, bias, mask), ("grad_output",) + _ARRAY_NAMES)
     geom = check_arguments(input, offset, weight, bias, stride, padding, dilation, mask)
     check_grad_output(grad_output, geom)
     dtype = _dtype_for(module, (grad_output, input, offset, weight, bias, mask))

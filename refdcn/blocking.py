@@ -43,13 +43,14 @@ DEFAULT_COLUMN_MEMORY = 256 * 2**20
 _column_memory = None
 
 
-def _parse_bytes(text):
+def _parse_bytes(text, name="REFDCN_COLUMN_MEMORY"):
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]i?[bB]?|[bB])?\s*", str(text))
-    if not m:
-        raise ValueError(f"REFDCN_COLUMN_MEMORY must be a size such as 268435456 or 256MiB; "
+    unit = ((m and m.group(2)) or "b").lower()[0]
+    value = int(float(m.group(1)) * {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30}[unit]) if m else 0
+    if value < 1:
+        raise ValueError(f"{name} must be a positive size such as 268435456 or 256MiB; "
                          f"got {text!r}")
-    unit = (m.group(2) or "b").lower()[0]
-    return int(float(m.group(1)) * {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30}[unit])
+    return value
 
 
 def column_memory():
@@ -65,9 +66,24 @@ def column_memory():
 
 
 def set_column_memory(nbytes):
-    """Set the column-buffer bound in bytes; ``None`` restores the default/env value."""
+    """Set the column-buffer bound: bytes (a positive int), a size string as in
+    ``REFDCN_COLUMN_MEMORY`` (``"512MiB"``), or ``None`` (the default/env value).
+
+    Raises
+    ------
+    TypeError
+        For a bool, float or any other type.
+    ValueError
+        For a size below one byte or a string that is not a size.
+    """
     global _column_memory
-    if nbytes is not None and (not isinstance(nbytes, (int, np.integer)) or nbytes < 1):
+    if isinstance(nbytes, str):
+        nbytes = _parse_bytes(nbytes, "nbytes")
+    elif nbytes is not None and (isinstance(nbytes, bool)
+                                 or not isinstance(nbytes, (int, np.integer))):
+        raise TypeError(f"nbytes must be a positive int, a size such as '512MiB', or None; "
+                        f"got {type(nbytes).__name__} {nbytes!r}")
+    if nbytes is not None and nbytes < 1:
         raise ValueError(f"nbytes must be a positive int or None; got {nbytes!r}")
     _column_memory = None if nbytes is None else int(nbytes)
 

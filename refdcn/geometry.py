@@ -23,34 +23,46 @@ import numbers
 import numpy as np
 
 __all__ = ["Geometry", "as_pair", "output_size", "offset_channel", "mask_channel",
-           "check_arguments", "check_grad_output", "compute_dtype"]
+           "check_arguments", "check_grad_output", "check_dtype", "compute_dtype",
+           "MAX_ATTRIBUTE", "ACCEPTED_DTYPES"]
 
 
-def as_pair(value, name, minimum):
-    """``value`` as an ``(h, w)`` pair of Python ints, each ``>= minimum``.
+#: Upper bound of every stride, padding and dilation component (int32, as in
+#: torchvision and the CUDA kernels); larger values raise ValueError, naming the argument.
+MAX_ATTRIBUTE = 2**31 - 1
+
+
+def _is_int(value):
+    return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool)
+
+
+def as_pair(value, name, minimum, maximum=MAX_ATTRIBUTE):
+    """``value`` as an ``(h, w)`` pair of Python ints, each in ``[minimum, maximum]``.
+
+    ``value`` is an int or an ordered pair: a tuple, list or 1-D array of two
+    ints (a set is refused: its order is not defined).  bools are refused.
 
     Raises
     ------
     TypeError
-        If ``value`` is not an int or a pair of ints.
+        If ``value`` is not an int or an ordered pair of ints.
     ValueError
-        If a component is below ``minimum``.
+        If a component is below ``minimum`` or above ``maximum``.
     """
-    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool):
+    if _is_int(value):
         pair = (int(value), int(value))
     else:
-        try:
-            items = tuple(value)
-        except TypeError:
-            raise TypeError(f"{name} must be an int or a pair of ints (h, w); "
-                            f"got {value!r}") from None
-        if len(items) != 2 or not all(isinstance(v, (numbers.Integral, np.integer))
-                                      and not isinstance(v, bool) for v in items):
+        if not isinstance(value, (tuple, list, np.ndarray)):
+            raise TypeError(f"{name} must be an int or an ordered pair of ints (h, w) (tuple, "
+                            f"list or array); got {type(value).__name__} {value!r}")
+        items = tuple(np.asarray(value).ravel()) if isinstance(value, np.ndarray) else value
+        if len(items) != 2 or not all(_is_int(v) for v in items):
             raise TypeError(f"{name} must be an int or a pair of ints (h, w); got {value!r}")
         pair = (int(items[0]), int(items[1]))
-    if min(pair) < minimum:
+    if min(pair) < minimum or max(pair) > maximum:
         kind = "non-negative" if minimum == 0 else f">= {minimum}"
-        raise ValueError(f"{name} must be {kind}; got {value!r}")
+        raise ValueError(f"{name} must be {kind} and at most {maximum} (2**31 - 1); "
+                         f"got {value!r}")
     return pair
 
 
@@ -141,23 +153,58 @@ def _check_ndim(a, name, ndim, layout):
         raise TypeError(f"{name} must be an array of shape {layout}; got None")
     if not hasattr(a, "shape") or not hasattr(a, "dtype"):
         raise TypeError(f"{name} must be an array of shape {layout}; got {type(a).__name__}")
-    _dtype_kind(a, name)
+    check_dtype(a, name)
     if len(a.shape) != ndim:
         raise ValueError(f"{name} must be {ndim}-D {layout}; got shape {_shape(a)}")
 
 
-def _dtype_kind(a, name):
-    dt = np.dtype(a.dtype)
-    if dt.kind != "f":
-        raise TypeError(f"{name} must have a floating dtype (float16, float32 or float64); "
-                        f"got {dt}")
-    return dt
+#: The dtypes refdcn computes in.  Every array argument must have one of
+#: :data:`ACCEPTED_DTYPES`; see :func:`compute_dtype` for the one dtype policy.
+COMPUTE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+ACCEPTED_DTYPES = (np.dtype(np.float16),) + COMPUTE_DTYPES
+
+
+def check_dtype(a, name):
+    """The dtype of array ``a`` if refdcn accepts it (float16, float32 or float64).
+
+    Refused, with a TypeError naming the argument: integer, bool, complex,
+    object and string arrays, bfloat16 and other non-NumPy float types, and
+    ``np.longdouble`` where it is wider than float64 (float128): refdcn never
+    computes in a precision lower than an input's, and its widest is float64.
+    """
+    try:
+        dt = np.dtype(a.dtype)
+    except TypeError:
+        dt = None
+    if dt is not None and dt in ACCEPTED_DTYPES:
+        return dt
+    if dt is not None and dt.kind == "f":
+        hint = ("its precision is beyond float64, the widest refdcn computes in; "
+                "convert with .astype(np.float64)")
+    elif dt is not None and dt.kind in "iub":
+        hint = "convert with .astype(np.float32) or .astype(np.float64)"
+    else:
+        hint = "convert to float32 or float64"
+    raise TypeError(f"{name} must have a floating dtype: float16, float32 or float64; got "
+                    f"{a.dtype if dt is None else dt} ({hint})")
 
 
 def compute_dtype(*arrays):
-    """The dtype kernels compute in: float64 if any array is float64, else float32."""
-    dt = np.result_type(*[np.dtype(a.dtype) for a in arrays if a is not None])
-    return np.dtype(np.float64) if dt == np.float64 else np.dtype(np.float32)
+    """The dtype every backend computes in and returns: the one dtype policy.
+
+    float64 if any array is float64; otherwise (float32 and float16 arrays)
+    float32.  float16 is computed in float32 and returned as float32.  The
+    arrays' dtypes must have passed :func:`check_dtype` (anything else,
+    including float128, is refused there).  The ``"reference"`` backend
+    computes in float64 whatever this says.
+
+    >>> compute_dtype(np.zeros(1, np.float16), np.zeros(1, np.float32))
+    dtype('float32')
+    >>> compute_dtype(np.zeros(1, np.float32), None, np.zeros(1, np.float64))
+    dtype('float64')
+    """
+    wide = any(np.dtype(a.dtype).itemsize >= 8 for a in arrays if a is not None)
+    return np.dtype(np.float64) if wide else np.dtype(np.float32)
 
 
 def check_arguments(input, offset, weight, bias, stride, padding, dilation, mask):
@@ -187,9 +234,15 @@ def check_arguments(input, offset, weight, bias, stride, padding, dilation, mask
 
     n, c_in, h, w = _shape(input)
     c_out, c_per_group, kh, kw = _shape(weight)
+    if c_in < 1 or h < 1 or w < 1:
+        raise ValueError(f"input must have at least one channel, row and column (C_in, H, W "
+                         f">= 1; only the batch N may be 0); got shape {_shape(input)}")
     if kh < 1 or kw < 1:
         raise ValueError(f"weight must have a kernel of at least 1x1; got shape {_shape(weight)}")
-    if c_per_group < 1 or c_in % c_per_group != 0:
+    if c_per_group < 1:
+        raise ValueError(f"weight.shape[1] (C_in/groups) must be >= 1; got weight shape "
+                         f"{_shape(weight)}")
+    if c_in % c_per_group != 0:
         raise ValueError(f"input channels C_in={c_in} must be a multiple of weight.shape[1]="
                          f"{c_per_group} (groups = C_in // weight.shape[1]); "
                          f"got input shape {_shape(input)} and weight shape {_shape(weight)}")

@@ -58,6 +58,59 @@ def _check_positive(value, name, minimum=1):
         raise UsageError(f"--{name} must be >= {minimum}; got {value}")
 
 
+def _check_threads(threads):
+    """``--threads`` between 1 and the number of CPUs (more only oversubscribes)."""
+    from ..cli import UsageError
+    cpus = os.cpu_count() or 1
+    if threads is not None and not 1 <= threads <= cpus:
+        raise UsageError(f"--threads must be between 1 and the number of CPUs here ({cpus}); "
+                         f"got {threads}")
+
+
+def _check_json_path(path):
+    """Open ``--json FILE`` for writing before the benchmark (which can take minutes)."""
+    from ..cli import UsageError
+    if not path:
+        return
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--json: cannot write {path!r}: {exc.strerror or exc}") from None
+    if not existed:
+        os.remove(path)
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _array_bytes(shape):
+    """Bytes of one shape's arrays and their gradients: inputs are drawn in float64 and
+    (benchmarks.cpu.make_inputs: stride 1, padding k//2) the output is H_out x W_out."""
+    B, C, O, H, W, k = shape
+    out_pixels = (H + 2 * (k // 2) - k + 1) * (W + 2 * (k // 2) - k + 1)
+    elements = B * C * H * W + O * C * k * k + B * 3 * k * k * out_pixels + 2 * B * O * out_pixels
+    return 2 * 8 * elements
+
+
+def _check_shapes_fit(shapes, dtype):
+    """Refuse a ``--shape`` whose arrays alone exceed this machine's memory."""
+    from ..cli import UsageError
+    limit = _physical_memory()
+    if limit is None:
+        return
+    for shape in shapes:
+        need = _array_bytes(shape)
+        if need > limit:
+            raise UsageError(f"--shape {','.join(map(str, shape))} needs {need / 2**30:.1f} GiB "
+                             f"for its arrays; this machine has {limit / 2**30:.1f} GiB")
+
+
 def _cpu_backends(requested):
     """The CPU backends to time: ``requested`` (checked) or the defaults."""
     from ..benchmarks.cpu import default_backends
@@ -101,7 +154,10 @@ def run(args):
     _check_positive(args.repeats, "repeats")
     _check_positive(args.warmup, "warmup", 0)
     _check_positive(args.threads, "threads")
+    _check_threads(args.threads)
+    _check_json_path(args.json)
     shapes = args.shape or (cpu.QUICK_SHAPES if args.quick else cpu.DEFAULT_SHAPES)
+    _check_shapes_fit(shapes, args.dtype)
     repeats = args.repeats or (cpu.QUICK_REPEATS if args.quick else 7)
     warmup = args.warmup if args.warmup is not None else (cpu.QUICK_WARMUP if args.quick else 2)
     requested = args.backend
@@ -114,7 +170,12 @@ def run(args):
                                 repeats=repeats, warmup=warmup, threads=args.threads,
                                 dtype=args.dtype, modulated=not args.v1,
                                 baselines=not args.no_baselines)
-        cpu.run_cpu_benchmark(settings, json_path=args.json)
+        try:
+            cpu.run_cpu_benchmark(settings, json_path=args.json)
+        except MemoryError:
+            print("refdcn bench: error: out of memory (a --shape too large for this machine); "
+                  "try a smaller --shape", file=sys.stderr)
+            return 1
     if want_gpu:
         status = _run_gpu(args.shape, args.repeats or 20, warmup if args.warmup is not None
                           else 3, args.dtype)
