@@ -98,3 +98,66 @@ def test_fork_numba_openmp_layer(backend):
     if proc.returncode == 0 and lines[:1] != ["omp"]:
         pytest.skip(f"Numba's omp threading layer is not available here ({lines[:1]})")
     assert proc.returncode == 0 and lines[-1:] == ["OK"], proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------- non-finite values
+#
+# The IEEE rule (README, "Guarantees"; refdcn/reference/loops.py): every backend gives the
+# same NaN / +inf / -inf / finite pattern as the loop reference in all six results.
+
+RESULTS = ("output", "input", "offset", "mask", "weight", "bias")
+PLACES = ("input", "weight", "offset", "mask", "grad_output", "bias")
+NONFINITE = {"inf": np.inf, "-inf": -np.inf, "nan": np.nan}
+
+
+def classes(array):
+    """0 NaN, 1 +inf, 2 -inf, 3 finite, element-wise."""
+    a = np.asarray(array, dtype=np.float64)
+    return np.select([np.isnan(a), a == np.inf, a == -np.inf], [0, 1, 2], 3)
+
+
+def nonfinite_case(place, value, dtype):
+    """A small case (non-square kernel, groups and offset groups 2, padding) with ``value``
+    at the first element and in the middle of ``place``."""
+    case = make_case(seed=5, batch=2, in_channels=4, out_channels=4, height=5, width=6,
+                     kernel=(3, 2), padding=1, groups=2, offset_groups=2)
+    array = getattr(case, place)
+    array.flat[0] = value
+    array[tuple(s // 2 for s in array.shape)] = value
+    return case.astype(dtype)
+
+
+def all_results(case, backend, convention):
+    with np.errstate(all="ignore"):
+        out = refdcn.deform_conv2d(*case.args(), backend=backend)
+        grads = refdcn.deform_conv2d_backward(case.grad_output, *case.args(), backend=backend,
+                                              convention=convention)
+    return [np.asarray(out)] + [None if g is None else np.asarray(g) for g in grads]
+
+
+def nonfinite_mismatches(backend, place, value, dtype, convention):
+    case = nonfinite_case(place, value, dtype)
+    expected = all_results(case, "reference", convention)
+    actual = all_results(case, backend, convention)
+    return {name: int((classes(a) != classes(e)).sum())
+            for name, a, e in zip(RESULTS, actual, expected)
+            if not np.array_equal(classes(a), classes(e))}
+
+
+@pytest.mark.parametrize("backend", [b for b in AVAILABLE if not slow(b)])
+@pytest.mark.parametrize("place", PLACES)
+@pytest.mark.parametrize("value", list(NONFINITE))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("convention", ["torchvision", "mmcv"])
+def test_nonfinite(backend, place, value, dtype, convention):
+    """inf, -inf or NaN in any argument: the same NaN/inf pattern as the reference, everywhere."""
+    bad = nonfinite_mismatches(backend, place, NONFINITE[value], dtype, convention)
+    assert not bad, f"{backend}: elements whose NaN/+inf/-inf/finite class differs: {bad}"
+
+
+@pytest.mark.parametrize("backend", [b for b in AVAILABLE if slow(b) and b != "reference"])
+@pytest.mark.parametrize("place", ["input", "weight", "mask"])
+def test_nonfinite_simulated(backend, place):
+    """The same on the simulated backends (float64, +inf, where backends used to differ)."""
+    bad = nonfinite_mismatches(backend, place, np.inf, np.float64, "torchvision")
+    assert not bad, f"{backend}: elements whose class differs: {bad}"

@@ -21,14 +21,25 @@ For image ``n``, output channel ``o`` (in convolution group ``g``), output pixel
 with ``S`` the zero-border bilinear sample of :mod:`refdcn.bilinear`.
 
 The backward, for an upstream gradient ``G = dL/d out``, is the same loop with
-every term differentiated (``t = G[n, o, oy, ox] * weight[o, cl, i, j]``)::
+every term differentiated.  It goes through the *column gradient*
+``t = dL/d(m * S)`` of each (image, channel, tap, pixel): the sum over the
+output channels of the group comes first, as in every im2col + GEMM backend::
 
+    t = sum_{o in group g} G[n, o, oy, ox] * weight[o, cl, i, j]
     grad_bias[o]                  += G[n, o, oy, ox]
-    grad_weight[o, cl, i, j]      += G[n, o, oy, ox] * m * S
+    grad_weight[o, cl, i, j]      += G[n, o, oy, ox] * (m * S)
     grad_mask[n, kk, oy, ox]      += t * S
-    grad_offset[n, 2*kk, oy, ox]  += t * m * dS/dy     (the convention decides y = -1, x = -1)
-    grad_offset[n, 2*kk+1, oy, ox]+= t * m * dS/dx
+    grad_offset[n, 2*kk, oy, ox]   = m * sum_c t * dS/dy   (the convention decides y = -1, x = -1)
+    grad_offset[n, 2*kk+1, oy, ox] = m * sum_c t * dS/dx
     grad_input[n, c, y0+a, x0+b]  += t * m * w_ab      (each corner inside the image)
+
+Non-finite values (the IEEE rule, the same on every backend): the gradients are
+these expressions evaluated in IEEE arithmetic in exactly this grouping -- the
+output-channel sum inside ``t``, the mask outside the channel sum of the offset
+gradient, and ``dS/dy``, ``dS/dx`` per channel.  Products are associative
+class-wise (NaN iff a factor is NaN or 0 meets inf), and a sum is NaN iff a
+term is NaN or +inf meets -inf, so every order of the remaining sums gives the
+same NaN/+inf/-inf/finite pattern (``tests/test_hardening.py::test_nonfinite``).
 
 The derivatives ``dS/dy``, ``dS/dx`` and the corner weights ``w_ab`` are
 those of :mod:`refdcn.bilinear` (its module docstring derives them).  The one
@@ -131,46 +142,48 @@ def backward(grad_output, input, offset, mask, weight, bias, geom, dtype=None,
     grad_offset = np.zeros(offset.shape)
     grad_mask = None if mask is None else np.zeros(mask.shape)
     grad_weight = np.zeros(weight.shape)
-    grad_bias = None if bias is None else np.zeros(bias.shape)
+    # bias: d out / d bias[o] = 1
+    grad_bias = None if bias is None else grad_output.sum(axis=(0, 2, 3), dtype=np.float64)
     c_group = geom.in_per_group
+    out_group = geom.out_per_group
     for n in range(geom.batch):
-        for o in range(geom.out_channels):
-            g = o // geom.out_per_group
-            for oy in range(geom.out_h):
-                for ox in range(geom.out_w):
-                    go = float(grad_output[n, o, oy, ox])
-                    # bias: d out / d bias[o] = 1
-                    if grad_bias is not None:
-                        grad_bias[o] += go
-                    for cl in range(c_group):
-                        c = g * c_group + cl
-                        d = c // geom.in_per_offset_group
-                        plane = input[n, c]
-                        for i in range(geom.kh):
-                            for j in range(geom.kw):
-                                kk, y, x, m = _tap(offset, mask, n, d, i, j, oy, ox, geom)
-                                s = bilinear_sample(plane, H, W, y, x)
-                                t = go * float(weight[o, cl, i, j])
+        for c in range(geom.in_channels):
+            g, cl = divmod(c, c_group)
+            d = c // geom.in_per_offset_group
+            plane = input[n, c]
+            for i in range(geom.kh):
+                for j in range(geom.kw):
+                    for oy in range(geom.out_h):
+                        for ox in range(geom.out_w):
+                            kk, y, x, m = _tap(offset, mask, n, d, i, j, oy, ox, geom)
+                            s = bilinear_sample(plane, H, W, y, x)
+                            # the column gradient t = dL/d(m * S): the output channels first
+                            t = 0.0
+                            for o in range(g * out_group, (g + 1) * out_group):
+                                go = float(grad_output[n, o, oy, ox])
+                                t += go * float(weight[o, cl, i, j])
                                 # weight: d out / d weight[o, cl, i, j] = m * S
-                                grad_weight[o, cl, i, j] += go * m * s
-                                # mask: d out / d m = weight * S
-                                if grad_mask is not None:
-                                    grad_mask[n, kk, oy, ox] += t * s
-                                # offset: d out / d dy = weight * m * dS/dy (as dy/d dy = 1),
-                                # the same for dx.  On y = -1 or x = -1 the convention decides:
-                                # BORDER_TORCHVISION, the inward one-sided derivative (locate
-                                # with closed_at_minus_one=True); BORDER_MMCV, 0 (open square)
-                                ds_dy, ds_dx = bilinear_gradient(plane, H, W, y, x, convention)
-                                grad_offset[n, 2 * kk, oy, ox] += t * m * ds_dy
-                                grad_offset[n, 2 * kk + 1, oy, ox] += t * m * ds_dx
-                                # input: S = sum_ab w_ab * input[n, c, y0+a, x0+b], so
-                                # d out / d input[n, c, y0+a, x0+b] = weight * m * w_ab
-                                # (the adjoint of sampling: the forward's open square, and only
-                                # the corners inside the image)
-                                active, y0, x0, ly, lx = locate(y, x, H, W,
-                                                                closed_at_minus_one=False)
-                                if active:
-                                    for row, col, w_ab in scatter_corners(y0, x0, ly, lx):
-                                        if in_image(row, col, H, W):
-                                            grad_input[n, c, row, col] += t * m * w_ab
+                                grad_weight[o, cl, i, j] += go * (m * s)
+                            # mask: d out / d m = weight * S
+                            if grad_mask is not None:
+                                grad_mask[n, kk, oy, ox] += t * s
+                            # offset: d out / d dy = weight * m * dS/dy (as dy/d dy = 1), the
+                            # same for dx; m multiplies the channel sum, after the loops.  On
+                            # y = -1 or x = -1 the convention decides: BORDER_TORCHVISION, the
+                            # inward one-sided derivative (locate with closed_at_minus_one=True);
+                            # BORDER_MMCV, 0 (open square)
+                            ds_dy, ds_dx = bilinear_gradient(plane, H, W, y, x, convention)
+                            grad_offset[n, 2 * kk, oy, ox] += t * ds_dy
+                            grad_offset[n, 2 * kk + 1, oy, ox] += t * ds_dx
+                            # input: S = sum_ab w_ab * input[n, c, y0+a, x0+b], so
+                            # d out / d input[n, c, y0+a, x0+b] = weight * m * w_ab
+                            # (the adjoint of sampling: the forward's open square, and only
+                            # the corners inside the image)
+                            active, y0, x0, ly, lx = locate(y, x, H, W, closed_at_minus_one=False)
+                            if active:
+                                for row, col, w_ab in scatter_corners(y0, x0, ly, lx):
+                                    if in_image(row, col, H, W):
+                                        grad_input[n, c, row, col] += t * m * w_ab
+    if mask is not None:      # the mask multiplies the channel sum of the offset gradient
+        grad_offset *= np.repeat(np.asarray(mask, dtype=np.float64), 2, axis=1)
     return grad_input, grad_offset, grad_mask, grad_weight, grad_bias
