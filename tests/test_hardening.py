@@ -161,3 +161,166 @@ def test_nonfinite_simulated(backend, place):
     """The same on the simulated backends (float64, +inf, where backends used to differ)."""
     bad = nonfinite_mismatches(backend, place, np.inf, np.float64, "torchvision")
     assert not bad, f"{backend}: elements whose class differs: {bad}"
+
+
+# ----------------------------------------------------------------------------- dtype policy
+
+def _dtype_case(**dtypes):
+    case = make_case(seed=2, batch=1, in_channels=4, out_channels=4, height=5, width=4,
+                     kernel=(2, 3), padding=1, groups=2, offset_groups=2)
+    for name, dtype in dtypes.items():
+        setattr(case, name, getattr(case, name).astype(dtype))
+    return case
+
+
+WIDE_FLOAT = np.finfo(np.longdouble).precision > np.finfo(np.float64).precision
+
+
+@pytest.mark.parametrize("backend", [b for b in AVAILABLE if not slow(b)])
+@pytest.mark.parametrize("dtypes, expected", [
+    (dict(input=np.float64, offset=np.float32, weight=np.float32, mask=np.float16,
+          bias=np.float32, grad_output=np.float32), np.float64),
+    (dict(input=np.float32, offset=np.float32, weight=np.float64, mask=np.float32,
+          bias=np.float32, grad_output=np.float32), np.float64),
+    (dict(input=np.float32, offset=np.float32, weight=np.float32, mask=np.float32,
+          bias=np.float32, grad_output=np.float64), np.float64),
+    (dict(input=np.float16, offset=np.float32, weight=np.float16, mask=np.float16,
+          bias=np.float16, grad_output=np.float16), np.float32),
+])
+def test_dtype_policy(backend, dtypes, expected):
+    """float64 anywhere -> computed and returned in float64 (one policy, every backend)."""
+    case = _dtype_case(**dtypes)
+    out = refdcn.deform_conv2d(*case.args(), backend=backend)
+    grads = refdcn.deform_conv2d_backward(case.grad_output, *case.args(), backend=backend)
+    # the forward sees every array but grad_output; the backward all of them
+    forward_dtype = np.result_type(*[d for n, d in dtypes.items() if n != "grad_output"])
+    assert np.asarray(out).dtype == (np.float64 if forward_dtype == np.float64 else np.float32)
+    assert {np.asarray(g).dtype for g in grads if g is not None} == {np.dtype(expected)}
+    if expected == np.float64:      # computed in float64, not rounded through float32
+        from refdcn.testing import compare, reference_results
+        report = compare(grads._asdict(), {k: v for k, v in reference_results(case).items()
+                                           if k != "output"})
+        assert all(ok for ok, _, _ in report.values()), report
+
+
+@pytest.mark.skipif(not WIDE_FLOAT, reason="np.longdouble is float64 here")
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("name", ["input", "offset", "weight", "mask", "bias", "grad_output"])
+def test_longdouble_is_refused(backend, name):
+    """float128 cannot be honoured (refdcn computes in float64 at most): refused, never rounded."""
+    case = _dtype_case(**{name: np.longdouble})
+    with pytest.raises(TypeError, match=rf"{name} must have a floating dtype.*float128.*float64"):
+        if name == "grad_output":
+            refdcn.deform_conv2d_backward(case.grad_output, *case.args(), backend=backend)
+        else:
+            refdcn.deform_conv2d(*case.args(), backend=backend)
+
+
+# ----------------------------------------------------------------------------- clear errors
+#
+# Each bad input of issue 12, item 8, on every backend: a ValueError/TypeError that
+# names the argument, what was received and what was expected.
+
+def _call(backend, **override):
+    case = _dtype_case()
+    args = dict(input=case.input, offset=case.offset, weight=case.weight, bias=case.bias,
+                stride=case.stride, padding=case.padding, dilation=case.dilation, mask=case.mask)
+    args.update(override)
+    return refdcn.deform_conv2d(**args, backend=backend)
+
+
+def _ragged():
+    return [[[[1.0, 2.0], [3.0]]]]
+
+
+BAD_INPUTS = {
+    "C_in=0": (dict(input=np.zeros((1, 0, 5, 4)), weight=np.zeros((4, 1, 2, 3))),
+               ValueError, ["input", "(1, 0, 5, 4)", "C_in"]),
+    "H=0 with padding": (dict(input=np.zeros((1, 4, 0, 4))), ValueError,
+                         ["input", "(1, 4, 0, 4)", "H, W >= 1"]),
+    "W=0 with padding": (dict(input=np.zeros((1, 4, 5, 0))), ValueError, ["input", "(1, 4, 5, 0)"]),
+    "weight.shape[1]=0": (dict(weight=np.zeros((4, 0, 2, 3))), ValueError,
+                          ["weight.shape[1]", ">= 1", "(4, 0, 2, 3)"]),
+    "padding=2**63": (dict(padding=2**63), ValueError, ["padding", str(2**63), "2**31 - 1"]),
+    "stride=10**30": (dict(stride=10**30), ValueError, ["stride", str(10**30), "at most"]),
+    "dilation=(1, 2**40)": (dict(dilation=(1, 2**40)), ValueError, ["dilation", "at most"]),
+    "ragged list": (dict(input=_ragged()), ValueError, ["input", "list", "inhomogeneous"]),
+    "set as padding": (dict(padding={2, 1}), TypeError, ["padding", "set", "ordered pair"]),
+    "bool as stride": (dict(stride=True), TypeError, ["stride", "True"]),
+}
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("bad", list(BAD_INPUTS))
+def test_bad_input_errors(backend, bad):
+    override, exc, words = BAD_INPUTS[bad]
+    with pytest.raises(exc) as info:
+        _call(backend, **override)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_torch_tensors_are_named(backend):
+    """A tensor that requires grad, and a bfloat16 tensor: TypeError naming the argument."""
+    torch = pytest.importorskip("torch")
+    case = _dtype_case()
+    with pytest.raises(TypeError, match=r"weight is a Tensor that requires grad.*weight\.detach\(\)"):
+        _call(backend, weight=torch.tensor(case.weight, requires_grad=True))
+    with pytest.raises(TypeError, match=r"offset .*bfloat16"):
+        _call(backend, offset=torch.tensor(case.offset).to(torch.bfloat16))
+    # a plain CPU tensor is an array like any other
+    out = _call(backend, input=torch.tensor(case.input))
+    assert np.asarray(out).shape == (1, 4, 6, 4)
+
+
+def test_backward_names_grad_output():
+    case = _dtype_case()
+    with pytest.raises(ValueError, match="grad_output must be an array"):
+        refdcn.deform_conv2d_backward(_ragged(), *case.args())
+    with pytest.raises(TypeError, match="grad_output must have a floating dtype"):
+        refdcn.deform_conv2d_backward(case.grad_output.astype(np.int8), *case.args())
+
+
+def test_set_column_memory_arguments():
+    try:
+        refdcn.set_column_memory("512MiB")
+        assert refdcn.column_memory() == 512 * 2**20      # as REFDCN_COLUMN_MEMORY=512MiB
+        for bad, exc in ((True, TypeError), (1.5, TypeError), ("0", ValueError),
+                         ("lots", ValueError), (0, ValueError)):
+            with pytest.raises(exc, match="nbytes"):
+                refdcn.set_column_memory(bad)
+        assert refdcn.column_memory() == 512 * 2**20      # a refused value changes nothing
+    finally:
+        refdcn.set_column_memory(None)
+
+
+def _cli(args, **env):
+    """``python -m refdcn ARGS`` in a fresh interpreter: (exit status, stdout, stderr)."""
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env}
+    proc = subprocess.run([sys.executable, "-m", "refdcn", *args], capture_output=True,
+                          text=True, timeout=300, env=environment)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--json", "/nonexistent-dir/bench.json"], ["--json", "/nonexistent-dir/bench.json"]),
+    (["--threads", "100000"], ["--threads", "100000", "number of CPUs"]),
+    (["--shape", "100000,100000,1000,1000,1000,3"], ["--shape", "GiB"]),
+])
+def test_bench_usage_errors_before_any_timing(args, words):
+    """Checked before the benchmark starts (it would take the whole run): one line, status 2."""
+    status, out, err = _cli(["bench", "--quick", "--no-baselines", "--backend", "numpy", *args])
+    assert status == 2 and "Traceback" not in err and out == "", (status, out, err)
+    for word in words:
+        assert word in err, (word, err)
+
+
+def test_verify_reports_generator_exit_without_traceback(tmp_path):
+    """An implementation raising GeneratorExit (a BaseException) is a failing result."""
+    (tmp_path / "gx_impl.py").write_text("def f(*args, **kwargs):\n"
+                                         "    raise GeneratorExit('stop')\n")
+    status, out, err = _cli(["verify", "gx_impl:f", "--case", "onnx"],
+                            PYTHONPATH=os.pathsep.join([str(tmp_path)] + sys.path))
+    assert status == 1 and "Traceback" not in out + err, (status, out, err)
+    assert "GeneratorExit" in out + err

@@ -189,7 +189,7 @@ def verify(impl, cases, dtype=np.float64, convention=None, tolerance=None, gradi
                 actual["output"] = impl.forward(case)
                 if grads:
                     actual.update(impl.backward(case, convention))
-        except Exception as exc:      # noqa: BLE001 - the implementation's failure is a result
+        except (Exception, GeneratorExit) as exc:   # noqa: BLE001 - the implementation's failure is a result
             result = CaseResult(cc.name, cc.catches, "error", error=_one_line(exc),
                                 describe=case.describe())
             if "output" in actual:
