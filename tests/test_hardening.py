@@ -324,3 +324,128 @@ def test_verify_reports_generator_exit_without_traceback(tmp_path):
                             PYTHONPATH=os.pathsep.join([str(tmp_path)] + sys.path))
     assert status == 1 and "Traceback" not in out + err, (status, out, err)
     assert "GeneratorExit" in out + err
+
+
+# ----------------------------------------------------------------------------- random invalid arguments
+#
+# Property: whatever the arguments, every backend either computes what the loop reference
+# computes for them, or raises ValueError/TypeError whose message names an argument (the
+# mutated one, when the fault cannot be blamed on another).  Never another exception.
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from refdcn.geometry import as_pair  # noqa: E402
+from refdcn.testing import Case, compare, reference_results  # noqa: E402
+
+ARRAYS = ("input", "offset", "weight", "bias", "mask", "grad_output")
+ATTRIBUTES = ("stride", "padding", "dilation")
+NAMES = ARRAYS + ATTRIBUTES
+BAD_NUMBERS = [0, -1, -2**63, 2**31, 2**31 - 1, 2**63, 10**30, 1.5, float("nan"), True, None, "1",
+               {1, 2}, (1,), (1, 2, 3), (1, 2**40), (2, -1), [1, 1], np.int64(2), (np.int32(1), 1),
+               np.array([1, 2]), {"h": 1}]
+BAD_DTYPES = [np.int32, np.int64, np.uint8, np.bool_, np.complex64, np.complex128, object, np.str_,
+              np.longdouble, np.float16, np.float32, np.float64, "M8[s]"]
+BAD_OBJECTS = [None, "abc", 3.0, {1, 2}, {"a": 1}, [[1.0, 2.0], [3.0]], object(), b"\x00"]
+
+
+@st.composite
+def invalid_arguments(draw):
+    """Keyword arguments of deform_conv2d_backward (grad_output included) with 1-3 faults (mostly one).
+
+    Returns ``(arguments, blamed)``: ``blamed`` is the argument a refusal must name,
+    or None when the fault may be reported through another argument (a shape mismatch).
+    """
+    case = make_case(seed=draw(st.integers(0, 1000)), batch=draw(st.integers(0, 2)),
+                     in_channels=4, out_channels=4, height=draw(st.integers(2, 5)),
+                     width=draw(st.integers(2, 5)), kernel=(2, 1), padding=1, groups=2,
+                     offset_groups=2)
+    args = dict(input=case.input, offset=case.offset, weight=case.weight, bias=case.bias,
+                mask=case.mask, grad_output=case.grad_output, stride=case.stride,
+                padding=case.padding, dilation=case.dilation)
+    blamed = set()
+    for _ in range(draw(st.sampled_from([1, 1, 1, 2, 3]))):
+        kind = draw(st.sampled_from(["rank", "size", "dtype", "object", "attribute"]))
+        if kind == "attribute":
+            name = draw(st.sampled_from(ATTRIBUTES))
+            args[name] = value = draw(st.sampled_from(BAD_NUMBERS))
+            try:        # a valid value (2**31 - 1, [1, 1]) may still not fit the offset's shape
+                as_pair(value, name, 0 if name == "padding" else 1)
+                blamed.add(None)
+            except (TypeError, ValueError):
+                blamed.add(name)
+            continue
+        name = draw(st.sampled_from(ARRAYS))
+        a = args[name]
+        if kind == "object":
+            args[name] = draw(st.sampled_from(BAD_OBJECTS))
+            blamed.add(name)
+        elif not isinstance(a, np.ndarray) or a.dtype.kind != "f":     # already mutated
+            continue
+        elif kind == "rank":
+            args[name] = a.reshape(a.shape + (1,)) if draw(st.booleans()) else a.reshape(-1)
+            blamed.add(name)
+        elif kind == "size":
+            axis = draw(st.integers(0, a.ndim - 1))
+            shape = list(a.shape)
+            shape[axis] = draw(st.sampled_from([0, 1, 3, 7]))
+            args[name] = np.resize(a, shape)
+            blamed.add(None)
+        else:
+            dtype = draw(st.sampled_from(BAD_DTYPES))
+            with np.errstate(all="ignore"):
+                args[name] = np.zeros(a.shape, dtype) if dtype == "M8[s]" else a.astype(dtype)
+            blamed.add(name)
+    return args, (blamed.pop() if len(blamed) == 1 else None)
+
+
+def _compute(args, backend):
+    forward_args = {k: v for k, v in args.items() if k != "grad_output"}
+    out = refdcn.deform_conv2d(**forward_args, backend=backend)
+    grads = refdcn.deform_conv2d_backward(args["grad_output"], **forward_args, backend=backend)
+    return {"output": np.asarray(out), **{k: None if v is None else np.asarray(v)
+                                          for k, v in grads._asdict().items()}}
+
+
+def _check_invalid(backend, args, blamed):
+    try:
+        with np.errstate(all="ignore"):
+            actual = _compute(args, backend)
+    except (ValueError, TypeError) as exc:
+        message = str(exc)
+        if blamed is not None:
+            assert blamed in message, f"{backend}: {type(exc).__name__} not naming {blamed}: {exc}"
+        else:
+            assert any(n in message for n in NAMES), f"{backend}: names no argument: {exc}"
+        return
+    # accepted: then only float16/32/64 arrays, the policy's dtype, and the right answer
+    dtypes = {k: np.dtype(args[k].dtype) for k in ARRAYS if args[k] is not None}
+    assert set(dtypes.values()) <= {np.dtype(t) for t in (np.float16, np.float32, np.float64)}, \
+        f"{backend} accepted dtypes {dtypes}"
+    policy = {True: np.dtype(np.float64), False: np.dtype(np.float32)}
+    if not slow(backend):       # the reference returns float64 (documented)
+        assert actual["output"].dtype == policy[any(d == np.float64 for k, d in dtypes.items()
+                                                    if k != "grad_output")]
+        assert actual["input"].dtype == policy[np.dtype(np.float64) in dtypes.values()]
+    c = Case(**{k: args[k] for k in ("input", "offset", "weight", "bias", "mask", "grad_output")},
+             stride=args["stride"], padding=args["padding"], dilation=args["dilation"])
+    dtype = policy[np.dtype(np.float64) in dtypes.values() or slow(backend)]
+    report = compare(actual, reference_results(c), c, dtype)
+    assert all(ok for ok, _, _ in report.values()), f"{backend} accepted and got {report}"
+
+
+INVALID_SETTINGS = settings(max_examples=150, deadline=None, database=None,
+                            suppress_health_check=list(HealthCheck))
+
+
+@pytest.mark.parametrize("backend", [b for b in AVAILABLE if not slow(b)])
+@INVALID_SETTINGS
+@given(drawn=invalid_arguments())
+def test_invalid_arguments(backend, drawn):
+    _check_invalid(backend, *drawn)
+
+
+@pytest.mark.parametrize("backend", [b for b in AVAILABLE if slow(b)])
+@settings(INVALID_SETTINGS, max_examples=8)
+@given(drawn=invalid_arguments())
+def test_invalid_arguments_slow_backends(backend, drawn):
+    _check_invalid(backend, *drawn)
