@@ -123,10 +123,10 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
 
     Non-finite values: an offset of +-inf (or any huge offset, 1e6, 1e30)
     samples outside the image and contributes 0; a NaN offset makes the
-    outputs that use it NaN; mask values enter by IEEE multiplication (a NaN
-    mask gives NaN, an infinite one inf or NaN, depending on the summation
-    order of the backend).  No backend reads or writes outside its arrays for
-    any of these.
+    outputs that use it NaN; every other value enters by IEEE arithmetic, and
+    every backend gives the same NaN/+inf/-inf pattern (the rule of
+    :func:`deform_conv2d_backward`).  No backend reads or writes outside its
+    arrays for any of these.
 
     Examples
     --------
@@ -207,6 +207,15 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     ``dL/d(dy) = sum t m dS/dy``, ``dL/d(dx) = sum t m dS/dx``, and
     ``dL/dinput`` scatters ``t m w_ab`` to the four corners of each sample (the
     adjoint of bilinear sampling).
+
+    Non-finite values (one rule, identical on every backend): the gradients
+    are these formulas evaluated in IEEE arithmetic through the column
+    gradient ``t = sum_o G W`` (the sum over output channels first, as every
+    im2col + GEMM backend computes it), with ``dS/dy``, ``dS/dx`` per channel
+    (:func:`refdcn.bilinear.interpolate_gradient`) and the mask multiplying the
+    channel sum of the offset gradient; :mod:`refdcn.reference.loops` spells
+    it out.  Every backend gives the same NaN/+inf/-inf/finite pattern in all
+    five gradients for +-inf or NaN in any argument.
     """
     code = convention_code(convention)
     module = backends.get(backend)
