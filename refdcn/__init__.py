@@ -16,13 +16,13 @@ set_column_memory(nbytes), column_memory()
 
 Where things live: ``bilinear`` (the scalar math, written once), ``geometry``
 (shapes and checks), ``reference/loops`` (the explicit-loop reference),
-``backends/numpy_cpu`` (vectorised NumPy im2col), ``blocking`` (im2col + GEMM
-over blocks of images), ``backends/`` (registry and compiled backends).
+``backends/numpy_cpu`` (vectorised NumPy im2col), ``driver`` (im2col + GEMM
+over tiles of images, for every im2col backend), ``backends/`` (registry and compiled backends).
 """
 
 from . import backends
 from .api import CONVENTIONS, Gradients, deform_conv2d, deform_conv2d_backward
-from .blocking import column_memory, set_column_memory
+from .driver import column_memory, set_column_memory
 from .geometry import output_size
 
 __version__ = "0.1.0"

@@ -61,13 +61,13 @@ def _coerce(coerce, array, name):
 
 
 def _to_compute(module, arrays, dtype):
-    if getattr(module, "DEVICE", "cpu") != "cpu":
+    if module.CAPABILITIES.device != "cpu":
         return arrays
     return [None if a is None else np.ascontiguousarray(a, dtype=dtype) for a in arrays]
 
 
 def _dtype_for(module, arrays):
-    if module.NAME == "reference":
+    if module.CAPABILITIES.compute_dtype == "float64":
         return np.dtype(np.float64)
     return compute_dtype(*arrays)
 

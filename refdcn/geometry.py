@@ -17,14 +17,15 @@ Layout (torchvision's, also mmcv's and ONNX's)
 group ``c // (C_in // groups)`` and offset group ``c // (C_in // offset_groups)``.
 """
 
+from collections import namedtuple
 from dataclasses import dataclass
 import numbers
 
 import numpy as np
 
-__all__ = ["Geometry", "as_pair", "output_size", "offset_channel", "mask_channel",
-           "check_arguments", "check_grad_output", "check_dtype", "compute_dtype",
-           "MAX_ATTRIBUTE", "ACCEPTED_DTYPES"]
+__all__ = ["Geometry", "KernelGeometry", "as_pair", "output_size", "offset_channel",
+           "mask_channel", "check_arguments", "check_grad_output", "check_dtype",
+           "compute_dtype", "MAX_ATTRIBUTE", "ACCEPTED_DTYPES"]
 
 
 #: Upper bound of every stride, padding and dilation component (int32, as in
@@ -136,12 +137,57 @@ class Geometry:
         """The same geometry for a block of ``batch`` images."""
         return Geometry(batch, *(getattr(self, f) for f in _FIELDS[1:]))
 
+    def output_rows(self, batch, row0, rows):
+        """The geometry of output rows ``row0 .. row0+rows-1`` of ``batch`` images.
+
+        A kernel given this geometry, the whole input and the offset/mask rows
+        ``row0 .. row0+rows-1`` computes exactly those output rows: output row
+        ``oy`` of the tile is row ``row0 + oy`` of the image, because the
+        sampling row ``(row0 + oy)*sh - ph`` equals ``oy*sh - (ph - row0*sh)``
+        (integers, so the float sampling point is bitwise the same).  The
+        padding of the tile can therefore be negative.
+        """
+        fields = dict((f, getattr(self, f)) for f in _FIELDS)
+        fields.update(batch=batch, out_h=rows,
+                      padding=(self.padding[0] - row0 * self.stride[0], self.padding[1]))
+        return Geometry(**fields)
+
+    def kernel_record(self):
+        """The sizes as a :class:`KernelGeometry` (what compiled kernels receive)."""
+        return KernelGeometry(
+            batch=self.batch, in_channels=self.in_channels, height=self.height,
+            width=self.width, out_channels=self.out_channels, kh=self.kh, kw=self.kw,
+            stride_h=self.stride[0], stride_w=self.stride[1],
+            pad_h=self.padding[0], pad_w=self.padding[1],
+            dilation_h=self.dilation[0], dilation_w=self.dilation[1],
+            groups=self.groups, offset_groups=self.offset_groups,
+            out_h=self.out_h, out_w=self.out_w, taps=self.taps, out_pixels=self.out_pixels,
+            in_per_group=self.in_per_group, out_per_group=self.out_per_group,
+            in_per_offset_group=self.in_per_offset_group)
+
     def flops(self):
         """Multiply-adds of the forward matrix product, times two."""
         return 2 * self.batch * self.out_channels * self.out_pixels * self.in_per_group * self.taps
 
 
 _FIELDS = tuple(Geometry.__dataclass_fields__)
+
+#: The sizes of a :class:`Geometry` as a named tuple of Python ints, the one record
+#: every compiled kernel receives (Numba CPU ``njit`` and numba-cuda ``cuda.jit``
+#: both accept a namedtuple of ints as an argument, typed ``NamedUniTuple(int64)``;
+#: kernels read ``geo.out_w``, ``geo.stride_h``, never ``geo[10]``).
+#: Build it with :meth:`Geometry.kernel_record`.  Fields: ``batch`` (images),
+#: ``in_channels`` (C_in), ``height``, ``width`` (H, W), ``out_channels`` (C_out),
+#: ``kh``, ``kw``, ``stride_h``, ``stride_w``, ``pad_h``, ``pad_w``, ``dilation_h``,
+#: ``dilation_w``, ``groups`` (convolution groups), ``offset_groups``, ``out_h``,
+#: ``out_w``, ``taps`` (kh*kw), ``out_pixels`` (out_h*out_w), ``in_per_group``
+#: (C_in/groups), ``out_per_group`` (C_out/groups), ``in_per_offset_group``
+#: (C_in/offset_groups).
+KernelGeometry = namedtuple("KernelGeometry", [
+    "batch", "in_channels", "height", "width", "out_channels", "kh", "kw",
+    "stride_h", "stride_w", "pad_h", "pad_w", "dilation_h", "dilation_w",
+    "groups", "offset_groups", "out_h", "out_w", "taps", "out_pixels",
+    "in_per_group", "out_per_group", "in_per_offset_group"])
 
 
 def _shape(a):

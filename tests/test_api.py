@@ -8,7 +8,7 @@ from refdcn import backends
 from refdcn.testing import make_case
 from refdcn.tolerances import relative_error
 
-CPU_BACKENDS = [b for b in backends.available() if b != "cuda"]
+CPU_BACKENDS = [b for b in backends.available() if backends.capabilities(b).device == "cpu"]
 
 
 def small_case(**kw):
@@ -129,14 +129,15 @@ def test_gradients_named_tuple_with_none():
     assert g.weight.shape == case.weight.shape
 
 
-@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_dtypes(backend):
     case = small_case(batch=1)
     out64 = refdcn.deform_conv2d(*case.args(), backend=backend)
     out32 = refdcn.deform_conv2d(*case.astype(np.float32).args(), backend=backend)
     out16 = refdcn.deform_conv2d(*case.astype(np.float16).args(), backend=backend)
     assert out64.dtype == np.float64
-    expected_low = np.float64 if backend == "reference" else np.float32
+    always64 = backends.capabilities(backend).compute_dtype == "float64"
+    expected_low = np.float64 if always64 else np.float32
     assert out32.dtype == expected_low and out16.dtype == expected_low
     mixed = case.astype(np.float32)
     mixed.offset = case.offset          # one float64 argument promotes the computation
@@ -214,3 +215,36 @@ def test_column_memory_setting(monkeypatch):
         refdcn.column_memory()
     with pytest.raises(ValueError, match="nbytes"):
         refdcn.set_column_memory(-5)
+
+
+@pytest.mark.parametrize("text, nbytes", [("512MiB", 512 * 2**20), ("2 GiB", 2 * 2**30),
+                                          ("64k", 64 * 2**10), ("1.5KiB", 1536),
+                                          ("100", 100), ("7B", 7)])
+def test_set_column_memory_accepts_what_the_environment_accepts(text, nbytes, monkeypatch):
+    refdcn.set_column_memory(text)
+    try:
+        assert refdcn.column_memory() == nbytes
+    finally:
+        refdcn.set_column_memory(None)
+    monkeypatch.setenv("REFDCN_COLUMN_MEMORY", text)
+    assert refdcn.column_memory() == nbytes
+
+
+@pytest.mark.parametrize("bad, error", [(True, TypeError), (False, TypeError),
+                                        (np.bool_(True), TypeError), (1.5, TypeError),
+                                        (2.0**20, TypeError), (0, ValueError),
+                                        (-1, ValueError), ("0MiB", ValueError),
+                                        ("-5", ValueError), ("lots", ValueError),
+                                        ([1], TypeError)])
+def test_set_column_memory_rejects_with_a_clear_error(bad, error):
+    with pytest.raises(error, match="nbytes"):
+        refdcn.set_column_memory(bad)
+    assert refdcn.column_memory() == refdcn.driver.DEFAULT_COLUMN_MEMORY
+
+
+def test_cuda_column_memory_variable_is_an_alias(monkeypatch):
+    monkeypatch.delenv("REFDCN_COLUMN_MEMORY", raising=False)
+    monkeypatch.setenv("REFDCN_CUDA_COLUMN_MEMORY", "3MiB")
+    assert refdcn.column_memory() == 3 * 2**20
+    monkeypatch.setenv("REFDCN_COLUMN_MEMORY", "5MiB")
+    assert refdcn.column_memory() == 5 * 2**20

@@ -111,9 +111,12 @@ def test_blocks_of_images(monkeypatch):
                                                            if k != "batch"})
     geom = check_arguments(*case.args())
     per_image = geom.in_channels * geom.taps * geom.out_pixels * 8
-    monkeypatch.setattr(cb, "COLUMN_MEMORY", 2 * per_image)
-    assert cb._images_per_block(geom, 8) == 2
-    assert_agrees(run(case), case, np.float64, "torchvision")
+    refdcn.set_column_memory(2 * per_image)
+    try:
+        assert cb._images_per_block(geom, 8) == 2
+        assert_agrees(run(case), case, np.float64, "torchvision")
+    finally:
+        refdcn.set_column_memory(None)
 
 
 @pytest.mark.parametrize("convention", ["torchvision", "mmcv"])

@@ -6,7 +6,7 @@ import inspect
 import pytest
 
 import refdcn
-from refdcn import api, bilinear, geometry, blocking, tolerances
+from refdcn import api, bilinear, geometry, driver, tolerances
 
 PUBLIC = [api.deform_conv2d, api.deform_conv2d_backward]
 
@@ -25,7 +25,7 @@ def test_offset_channel_order_is_documented():
     assert "2*k" in doc and "dy" in doc and "k = (g*kh + i)*kw + j" in doc
 
 
-@pytest.mark.parametrize("module", [api, geometry, blocking, tolerances, bilinear],
+@pytest.mark.parametrize("module", [api, geometry, driver, tolerances, bilinear],
                          ids=lambda m: m.__name__)
 def test_doctests(module):
     failures, _ = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)

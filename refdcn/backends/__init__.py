@@ -10,23 +10,63 @@ True
 Every backend module provides::
 
     NAME, DESCRIPTION
-    DEVICE = "cpu" | "cuda"     (optional, default "cpu")
+    CAPABILITIES = Capabilities(...)   what it is (device, compute dtype, ...)
     forward(input, offset, mask, weight, bias, geom, dtype) -> output
     backward(grad_output, input, offset, mask, weight, bias, geom, dtype, convention)
         -> (grad_input, grad_offset, grad_mask, grad_weight, grad_bias)
+    KERNELS                            its refdcn.driver.KernelSet (blocked backends)
 
-and may raise :class:`BackendUnavailable` (or ImportError) at import time,
-with the reason and how to fix it.
+and may raise :class:`BackendUnavailable` (or any other exception) at import
+time, with the reason and how to fix it: the registry reports every failure
+while loading a backend as "unavailable, because ...", never raises it.
+Code and tests ask :func:`capabilities`, never compare backend names.
 """
 
+from dataclasses import dataclass
 import importlib
 
-__all__ = ["BackendUnavailable", "REGISTRY", "INSTALL_HINTS", "available", "unavailable",
-           "get", "describe", "fastest_cpu"]
+__all__ = ["BackendUnavailable", "Capabilities", "REGISTRY", "INSTALL_HINTS", "available",
+           "unavailable", "get", "describe", "fastest_cpu", "capabilities"]
 
 
 class BackendUnavailable(RuntimeError):
     """A backend that cannot run here; the message says why and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend is, declared by its module as ``CAPABILITIES``.
+
+    Attributes
+    ----------
+    device : str
+        ``"cpu"`` (takes and returns NumPy arrays) or ``"cuda"`` (also device arrays).
+    compute_dtype : str
+        ``"input"``: float64 if any input is float64, else float32
+        (:func:`refdcn.geometry.compute_dtype`); ``"float64"``: always float64.
+    simulated : bool
+        Runs on a simulator (Numba's CUDA simulator): exact but very slow.
+    oracle : bool
+        The explicit-loop reference the other backends are tested against.
+    blocked : bool
+        Built on :mod:`refdcn.driver` (module attribute ``KERNELS``): the
+        column-memory bound applies and results do not depend on it.
+    deterministic : bool
+        Bitwise identical results run to run in the default mode.
+    deterministic_option : bool
+        Has a slower bitwise-deterministic mode for what is not deterministic
+        by default.
+    threads : bool
+        Runs its kernels on several CPU threads.
+    """
+    device: str = "cpu"
+    compute_dtype: str = "input"
+    simulated: bool = False
+    oracle: bool = False
+    blocked: bool = True
+    deterministic: bool = True
+    deterministic_option: bool = False
+    threads: bool = False
 
 
 #: name -> module implementing it, in order of preference for ``backend="auto"``
@@ -62,8 +102,10 @@ def _load(name):
         return None
     try:
         module = importlib.import_module(REGISTRY[name])
-    except (ImportError, BackendUnavailable, OSError) as exc:
+    except Exception as exc:    # any failure means "unavailable, because ..."
         reason = str(exc) or type(exc).__name__
+        if not isinstance(exc, (ImportError, BackendUnavailable)):
+            reason = f"loading it raised {type(exc).__name__}: {reason}"
         hint = INSTALL_HINTS.get(name)
         _errors[name] = f"{reason} (to enable: {hint})" if hint and hint not in reason else reason
         return None
@@ -109,6 +151,19 @@ def get(name):
     if module is None:
         raise BackendUnavailable(f"backend {name!r} is not available here: {_errors[name]}")
     return module
+
+
+def capabilities(name):
+    """The :class:`Capabilities` of backend ``name`` (``"auto"``: :func:`fastest_cpu`).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    BackendUnavailable
+        For a backend that does not work here.
+    """
+    return get(name).CAPABILITIES
 
 
 def describe():

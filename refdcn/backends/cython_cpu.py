@@ -5,7 +5,7 @@ typed-memoryview, ``nogil`` kernels of ``refdcn/_cy/kernels.pyx``, parallel
 with OpenMP ``prange`` when the extension was compiled with ``-fopenmp``
 (:data:`OPENMP`); their scalar math is ``refdcn/_cy/bilinear.pxd``, the
 line-for-line mirror of :mod:`refdcn.bilinear`.  The matrix products and the
-blocking over images are :mod:`refdcn.blocking` (NumPy's BLAS), as for the
+tiling over images are :mod:`refdcn.driver` (NumPy's BLAS), as for the
 other CPU backends.
 
 The extension ``refdcn._cy.kernels`` is built by ``pip install .`` (see
@@ -20,7 +20,8 @@ import threading
 
 import numpy as np
 
-from .. import blocking
+from .. import driver
+from . import Capabilities
 
 
 def _import_kernels():
@@ -62,6 +63,8 @@ DEVICE = "cpu"
 
 #: Whether the compiled kernels run in parallel (OpenMP); False for a serial build.
 OPENMP = bool(_kernels.OPENMP)
+
+CAPABILITIES = Capabilities(device="cpu", compute_dtype="input", blocked=True, threads=OPENMP)
 
 DESCRIPTION = ("compiled Cython im2col/col2im kernels "
                + (f"(OpenMP, {_kernels.max_threads()} threads)" if OPENMP
@@ -139,12 +142,14 @@ _spare_lock = threading.Lock()
 SPARE_LIMIT = 64 * 2**20
 
 
-def _columns_buffer(shape, dtype):
-    """An uninitialised array of ``shape`` and ``dtype``, the spare one if it fits."""
+def _columns_buffer(size, dtype):
+    """An uninitialised 1-D array of ``size`` elements of ``dtype``, the spare one if it fits."""
     global _spare
+    shape = (size,)
     with _spare_lock:
         buf, _spare = _spare, None
     if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = None                      # free the spare before allocating (the bound)
         buf = np.empty(shape, dtype)
         if buf.nbytes > SPARE_LIMIT:
             return buf
@@ -163,21 +168,19 @@ def _mask_args(mask, offset_flat, batch):
     return _flat(mask, batch), True
 
 
-def im2col(input, offset, mask, geom, dtype):
-    """Deformable im2col (see :mod:`refdcn.blocking`).
+def im2col(input, offset, mask, geom, columns, prepared=None):
+    """Deformable im2col (the ``"rows"`` layout of :mod:`refdcn.driver`).
 
     Shapes: input (B, C_in, H, W), offset (B, 2*D*kh*kw, H_out, W_out), mask
-    (B, D*kh*kw, H_out, W_out) or None -> columns (B, C_in*kh*kw, H_out*W_out).
+    (B, D*kh*kw, H_out, W_out) or None; writes columns (B, C_in*kh*kw, H_out*W_out).
     """
     B = geom.batch
-    columns = _columns_buffer((B, geom.in_channels * geom.taps, geom.out_pixels), np.dtype(dtype))
     off = _flat(offset, B)
     m, has_mask = _mask_args(mask, off, B)
     _kernels.im2col_into(input, off, m, has_mask, columns, geom)
-    return columns
 
 
-def col2im(grad_columns, offset, mask, geom, grad_input):
+def col2im(grad_columns, offset, mask, geom, grad_input, prepared=None):
     """Adjoint of :func:`im2col`: writes ``grad_input`` (B, C_in, H, W)."""
     B = geom.batch
     off = _flat(offset, B)
@@ -186,7 +189,7 @@ def col2im(grad_columns, offset, mask, geom, grad_input):
 
 
 def coordinate_gradients(grad_columns, input, offset, mask, geom, convention, grad_offset,
-                         grad_mask):
+                         grad_mask, prepared=None):
     """Writes ``grad_offset`` (B, 2*D*kh*kw, H_out, W_out) and ``grad_mask`` (if not None)."""
     B = geom.batch
     off = _flat(offset, B)
@@ -231,5 +234,27 @@ def _apply_ieee_rule(grad_columns, input, offset, mask, geom, convention, grad_o
                     convention, grad_offset[s], None if grad_mask is None else grad_mask[s])
 
 
-_KERNELS = blocking.ColumnKernels(im2col, col2im, coordinate_gradients)
-forward, backward = _KERNELS.forward, _KERNELS.backward
+#: ``sizeof(Point)`` of ``kernels.pyx``: one sampling point's table entry (an index, six doubles).
+_POINT_BYTES = 56
+#: Upper bound of col2im's table of sampling points (``COL2IM_TABLE_BYTES`` of ``kernels.pyx``).
+_COL2IM_TABLE_BYTES = 16 * 2**20
+
+
+def workspace(geom, itemsize):
+    """Bytes the kernels ``malloc`` per block of ``geom.batch`` images besides the columns.
+
+    im2col and the coordinate gradients: the zero-padded images (and small
+    per-thread tables); col2im: one image's float64 padded planes and its table
+    of sampling points.  An upper bound (they are not all held at once).
+    """
+    plane = (geom.height + 3) * (geom.width + 3)
+    tables = _kernels.max_threads() * geom.taps * 256 * _POINT_BYTES * 5
+    col2im = (geom.in_channels * plane * 8
+              + min(geom.offset_groups * geom.taps * geom.out_pixels * _POINT_BYTES,
+                    _COL2IM_TABLE_BYTES))
+    return geom.batch * geom.in_channels * plane * itemsize + tables + col2im
+
+
+KERNELS = driver.KernelSet(im2col, col2im, coordinate_gradients, layout="rows",
+                           column_buffer=_columns_buffer, workspace=workspace)
+forward, backward = KERNELS.forward, KERNELS.backward

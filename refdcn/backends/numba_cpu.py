@@ -1,9 +1,9 @@
 """Backend ``"numba"``: channels-last deformable im2col / col2im compiled by Numba, in parallel.
 
-The computation is the one of :mod:`refdcn.blocking` (deformable im2col, one
+The computation is the one of :mod:`refdcn.driver` (deformable im2col, one
 matrix product per image and group with NumPy's BLAS, col2im and the
-coordinate gradients, over blocks of images whose column buffers stay under
-:func:`refdcn.blocking.column_memory`), with the images and the column matrix
+coordinate gradients, over tiles whose column buffer stays under
+:func:`refdcn.column_memory`); this module supplies the kernels, with the images and the column matrix
 stored *channels last*, so that the channel loop, the innermost loop of every
 kernel, reads and writes contiguous memory and is vectorised by LLVM:
 
@@ -73,8 +73,7 @@ input gradient and the coordinate gradients are rounded once to the compute
 dtype.
 
 Memory per block of B images, besides the column buffers that
-:func:`refdcn.blocking.column_memory` bounds (one in the forward, two in the
-backward): the padded channels-last copy of the input (about the input's size)
+:func:`refdcn.column_memory` bounds: the padded channels-last copy of the input (about the input's size)
 and, in the backward, col2im's float64 planes (about twice the float32
 input's size).
 
@@ -82,10 +81,11 @@ Threads: ``numba.set_num_threads`` / ``NUMBA_NUM_THREADS`` for the kernels,
 NumPy's BLAS threads for the products; see :data:`PREFERRED_THREADING_LAYER`
 for why this backend selects Numba's ``workqueue`` threading layer.
 
-Compilation is cached on disk (``cache=True``: ``__pycache__`` or
-``NUMBA_CACHE_DIR``).  Numba checks only this file's time stamp: after editing
-:mod:`refdcn.bilinear`, delete the cache (``find refdcn -name '*.nb[ci]'
--delete``) or touch this file.
+Compilation is cached on disk, keyed on the SHA-256 of every source file the
+kernels depend on (:mod:`refdcn.backends._numba_cache`): editing
+:mod:`refdcn.bilinear` (or this file, or the geometry record) can never leave
+machine code compiled from the old source in use.  Without a writable cache
+directory the kernels are compiled at every start (one warning).
 """
 
 import os
@@ -100,13 +100,15 @@ try:
 except ImportError as exc:   # pragma: no cover - depends on the environment
     raise ImportError(f"numba is not installed ({exc})") from exc
 
-from .. import bilinear, blocking
+from .. import bilinear, driver
+from . import Capabilities, _numba_cache
 from ._shared_math import compile_bilinear
 
 NAME = "numba"
 DESCRIPTION = (f"Numba {numba.__version__}: parallel channels-last im2col/col2im "
                f"(prange, cached) + one matrix product per group")
 DEVICE = "cpu"
+CAPABILITIES = Capabilities(device="cpu", compute_dtype="input", blocked=True, threads=True)
 
 #: Output pixels per task of ``im2col`` and ``coordinate_gradients``.
 CHUNK = 32
@@ -114,6 +116,7 @@ CHUNK = 32
 #: Zero rows/columns before and after each padded plane (``OUTSIDE = -2`` must land inside).
 PAD_BEFORE = 2
 PAD_AFTER = 1
+PAD = PAD_BEFORE + PAD_AFTER
 
 _SHARED = ("sampling_point", "locate", "corner_weights", "interpolate", "interpolate_gradient")
 
@@ -189,12 +192,12 @@ class _Kernel:
     """
 
     def __init__(self, function):
-        options = dict(cache=True, fastmath=False, nogil=True)
-        self.parallel = njit(parallel=True, **options)(function)
+        options = dict(fastmath=False, nogil=True)
+        self.parallel = _numba_cache.enable(njit(parallel=True, **options)(function))
         serial = types.FunctionType(function.__code__, function.__globals__, function.__name__,
                                     function.__defaults__, function.__closure__)
         serial.__qualname__ = function.__qualname__ + "_serial"
-        self.serial = njit(**options)(serial)
+        self.serial = _numba_cache.enable(njit(**options)(serial))
         self.__doc__ = function.__doc__
 
     def __call__(self, work, *args):
@@ -206,7 +209,7 @@ class _Kernel:
 
 # --------------------------------------------------------------------------- compiled kernels
 #
-# ``geo`` = (kh, kw, sh, sw, ph, pw, dh, dw, H, W, W_out, C_in, groups, offset_groups).
+# ``geo`` is a :class:`refdcn.geometry.KernelGeometry` (``geom.kernel_record()``).
 # Images are (B, (H+3)*(W+3), C_stride) channels-last padded planes (:func:`channels_last`).
 
 @njit(inline="always")
@@ -216,15 +219,16 @@ def _sample(offset, b, kk, p, k, geo, closed):
     Returns ``(q, ly, lx)``: the row of the floor corner in the padded
     channels-last image, and the fractional parts.
     """
-    kh, kw, sh, sw, ph, pw, dh, dw, height, width, out_w = geo[:11]
-    oy = p // out_w
-    ox = p - oy * out_w
-    i = k // kw
-    j = k - i * kw
-    y = sampling_point(oy, sh, ph, i, dh, np.float64(offset[b, 2 * kk, p]))
-    x = sampling_point(ox, sw, pw, j, dw, np.float64(offset[b, 2 * kk + 1, p]))
-    active, y0, x0, ly, lx = locate(y, x, height, width, closed)
-    return (y0 + 2) * (width + 3) + (x0 + 2), ly, lx
+    oy = p // geo.out_w
+    ox = p - oy * geo.out_w
+    i = k // geo.kw
+    j = k - i * geo.kw
+    y = sampling_point(oy, geo.stride_h, geo.pad_h, i, geo.dilation_h,
+                       np.float64(offset[b, 2 * kk, p]))
+    x = sampling_point(ox, geo.stride_w, geo.pad_w, j, geo.dilation_w,
+                       np.float64(offset[b, 2 * kk + 1, p]))
+    active, y0, x0, ly, lx = locate(y, x, geo.height, geo.width, closed)
+    return (y0 + PAD_BEFORE) * (geo.width + PAD) + (x0 + PAD_BEFORE), ly, lx
 
 
 @njit(inline="always")
@@ -255,16 +259,16 @@ def _fixed_order_sum(terms):
 
 
 @njit(inline="always")
-def _segment(c, end, k, per_group):
+def _segment(c, end, k, in_per_group):
     """The run of channels ``[c, stop)`` of one convolution group, and its column.
 
     Returns ``(g, stop, col)``: group ``g`` of channel ``c``, the end of the run
     (at most ``end``), and the column of ``(tap k, channel c)`` in group ``g``'s
     block of the column matrix.
     """
-    g = c // per_group
-    stop = min(end, (g + 1) * per_group)
-    return g, stop, k * per_group + c - g * per_group
+    g = c // in_per_group
+    stop = min(end, (g + 1) * in_per_group)
+    return g, stop, k * in_per_group + c - g * in_per_group
 
 
 @_Kernel
@@ -300,12 +304,10 @@ def _im2col(padded, offset, mask, geo, columns, chunk):
     padded : (B, (H+3)*(W+3), C_stride); offset : (B, 2*D*K, P);
     mask : (B, D*K, P) or None; columns : (B, G, P, K*Cg), out.
     """
-    width, C, G, D = geo[9], geo[11], geo[12], geo[13]
-    Wp = width + 3
+    Wp = geo.width + PAD
     B, P = columns.shape[0], columns.shape[2]
-    K = geo[0] * geo[1]
-    per_group = C // G
-    per_offset = C // D
+    K, D = geo.taps, geo.offset_groups
+    in_per_group, in_per_offset_group = geo.in_per_group, geo.in_per_offset_group
     chunks = (P + chunk - 1) // chunk
     for t in prange(B * chunks):
         b = t // chunks
@@ -317,10 +319,10 @@ def _im2col(padded, offset, mask, geo, columns, chunk):
                     kk = d * K + k
                     q, ly, lx = _sample(offset, b, kk, p, k, geo, False)
                     m = 1.0 if mask is None else mask[b, kk, p]
-                    c = d * per_offset
-                    end = c + per_offset
+                    c = d * in_per_offset_group
+                    end = c + in_per_offset_group
                     while c < end:       # the channels of offset group d, split by group
-                        g, stop, col = _segment(c, end, k, per_group)
+                        g, stop, col = _segment(c, end, k, in_per_group)
                         v00 = image[q, c:stop]
                         v01 = image[q + 1, c:stop]
                         v10 = image[q + Wp, c:stop]
@@ -344,12 +346,11 @@ def _col2im(grad_columns, offset, mask, geo, grad_input, block, scratch):
     scratch : (B * blocks, (H+3)*(W+3), stride >= block) float64, each task's
     accumulator (channel ``c`` in column ``c - c0``).
     """
-    height, width, C, G, D = geo[8], geo[9], geo[11], geo[12], geo[13]
-    Wp = width + 3
+    height, width, C = geo.height, geo.width, geo.in_channels
+    Wp = width + PAD
     B, P = grad_columns.shape[0], grad_columns.shape[2]
-    K = geo[0] * geo[1]
-    per_group = C // G
-    per_offset = C // D
+    K, D = geo.taps, geo.offset_groups
+    in_per_group, in_per_offset_group = geo.in_per_group, geo.in_per_offset_group
     blocks = (C + block - 1) // block
     for t in prange(B * blocks):
         b = t // blocks
@@ -358,16 +359,16 @@ def _col2im(grad_columns, offset, mask, geo, grad_input, block, scratch):
         acc = scratch[t]
         acc[:, :c1 - c0] = 0.0
         for p in range(P):
-            for d in range(c0 // per_offset, (c1 - 1) // per_offset + 1):
+            for d in range(c0 // in_per_offset_group, (c1 - 1) // in_per_offset_group + 1):
                 for k in range(K):
                     kk = d * K + k
                     q, ly, lx = _sample(offset, b, kk, p, k, geo, False)
                     w00, w01, w10, w11 = corner_weights(ly, lx)
                     m = 1.0 if mask is None else mask[b, kk, p]
-                    c = max(c0, d * per_offset)
-                    end = min(c1, (d + 1) * per_offset)
+                    c = max(c0, d * in_per_offset_group)
+                    end = min(c1, (d + 1) * in_per_offset_group)
                     while c < end:
-                        g, stop, col = _segment(c, end, k, per_group)
+                        g, stop, col = _segment(c, end, k, in_per_group)
                         src = grad_columns[b, g, p, col:col + stop - c]
                         a00 = acc[q, c - c0:stop - c0]
                         a01 = acc[q + 1, c - c0:stop - c0]
@@ -400,35 +401,33 @@ def _coordinate_gradients(grad_columns, padded, offset, mask, geo, closed, grad_
     ``locate`` rule; grad_offset : (B, 2*D*K, P), out; grad_mask : (B, D*K, P)
     or None, out.
     """
-    width, C, G, D = geo[9], geo[11], geo[12], geo[13]
-    Wp = width + 3
+    Wp = geo.width + PAD
     B, P = grad_columns.shape[0], grad_columns.shape[2]
-    K = geo[0] * geo[1]
-    per_group = C // G
-    per_offset = C // D
+    K, D = geo.taps, geo.offset_groups
+    in_per_group, in_per_offset_group = geo.in_per_group, geo.in_per_offset_group
     chunks = (P + chunk - 1) // chunk
     for t in prange(B * chunks):
         b = t // chunks
         p0 = (t - b * chunks) * chunk
         image = padded[b]
-        terms_y = np.empty(per_offset)
-        terms_x = np.empty(per_offset)
-        terms_m = np.empty(per_offset)
+        terms_y = np.empty(in_per_offset_group)
+        terms_x = np.empty(in_per_offset_group)
+        terms_m = np.empty(in_per_offset_group)
         for p in range(p0, min(P, p0 + chunk)):
             for d in range(D):
                 for k in range(K):
                     kk = d * K + k
                     q, ly, lx = _sample(offset, b, kk, p, k, geo, closed)
-                    c = d * per_offset
-                    end = c + per_offset
+                    c = d * in_per_offset_group
+                    end = c + in_per_offset_group
                     while c < end:
-                        g, stop, col = _segment(c, end, k, per_group)
+                        g, stop, col = _segment(c, end, k, in_per_group)
                         src = grad_columns[b, g, p, col:col + stop - c]
                         v00 = image[q, c:stop]
                         v01 = image[q + 1, c:stop]
                         v10 = image[q + Wp, c:stop]
                         v11 = image[q + Wp + 1, c:stop]
-                        first = c - d * per_offset
+                        first = c - d * in_per_offset_group
                         ty = terms_y[first:first + stop - c]
                         tx = terms_x[first:first + stop - c]
                         tm = terms_m[first:first + stop - c]
@@ -455,13 +454,6 @@ def _coordinate_gradients(grad_columns, padded, offset, mask, geo, closed, grad_
 
 
 # --------------------------------------------------------------------------- column kernels
-
-def _geo(geom):
-    """The integers the kernels need, as one tuple (see the kernels' section)."""
-    return (geom.kh, geom.kw, geom.stride[0], geom.stride[1], geom.padding[0], geom.padding[1],
-            geom.dilation[0], geom.dilation[1], geom.height, geom.width, geom.out_w,
-            geom.in_channels, geom.groups, geom.offset_groups)
-
 
 def _flat(array, geom):
     """(B, X, H_out, W_out) viewed as (B, X, P); None stays None."""
@@ -497,7 +489,7 @@ def channels_last(input):
     return padded
 
 
-def im2col(input, offset, mask, geom, dtype, padded=None):
+def im2col(input, offset, mask, geom, columns, padded=None):
     """Channels-last deformable im2col.
 
     Parameters
@@ -505,21 +497,15 @@ def im2col(input, offset, mask, geom, dtype, padded=None):
     input : ndarray, shape (B, C_in, H, W)
     offset : ndarray, shape (B, 2*D*K, H_out, W_out)
     mask : ndarray, shape (B, D*K, H_out, W_out), or None
-    padded : ndarray, optional
-        ``channels_last(input)``, if the caller already has it.
-
-    Returns
-    -------
-    columns : ndarray, shape (B, groups, H_out*W_out, K * C_in/groups), ``dtype``
+    columns : ndarray, shape (B, groups, H_out*W_out, K * C_in/groups), out
         ``columns[b, g, p, k*Cg + cl]`` is the NumPy reference's
         ``columns[b, (g*Cg + cl)*K + k, p]``.
+    padded : ndarray, optional
+        ``channels_last(input)``, if the caller already has it.
     """
-    B = input.shape[0]
-    columns = np.empty((B, geom.groups, geom.out_pixels, geom.taps * geom.in_per_group), dtype)
     if columns.size:
         _im2col(columns.size, channels_last(input) if padded is None else padded,
-                _flat(offset, geom), _flat(mask, geom), _geo(geom), columns, CHUNK)
-    return columns
+                _flat(offset, geom), _flat(mask, geom), geom.kernel_record(), columns, CHUNK)
 
 
 def channel_block(batch, channels):
@@ -528,9 +514,10 @@ def channel_block(batch, channels):
     return max(16, -(-channels // per_image))
 
 
-def col2im(grad_columns, offset, mask, geom, grad_input, block=None):
+def col2im(grad_columns, offset, mask, geom, grad_input, padded=None, block=None):
     """Adjoint of :func:`im2col`: writes ``grad_input`` (B, C_in, H, W).
 
+    ``padded`` is not used (the driver passes it to every kernel).
     ``block`` (channels per task, default :func:`channel_block`) changes the
     work split, never the result.  Scratch memory: one float64 padded plane
     per channel, ``B * C_in * (H+3) * (W+3) * 8`` bytes (plus row padding).
@@ -539,10 +526,10 @@ def col2im(grad_columns, offset, mask, geom, grad_input, block=None):
         return
     B, C = grad_input.shape[0], geom.in_channels
     block = block or channel_block(B, C)
-    scratch = np.empty((B * -(-C // block), (geom.height + 3) * (geom.width + 3),
+    scratch = np.empty((B * -(-C // block), (geom.height + PAD) * (geom.width + PAD),
                         row_stride(block, 8)))
-    _col2im(grad_columns.size, grad_columns, _flat(offset, geom), _flat(mask, geom), _geo(geom),
-            grad_input, block, scratch)
+    _col2im(grad_columns.size, grad_columns, _flat(offset, geom), _flat(mask, geom),
+            geom.kernel_record(), grad_input, block, scratch)
 
 
 def coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
@@ -557,79 +544,29 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
     if padded is None:
         padded = channels_last(input)
     _coordinate_gradients(grad_columns.size, grad_columns, padded, _flat(offset, geom),
-                          _flat(mask, geom), _geo(geom), convention == bilinear.BORDER_TORCHVISION,
+                          _flat(mask, geom), geom.kernel_record(), convention == bilinear.BORDER_TORCHVISION,
                           _flat(grad_offset, geom), _flat(grad_mask, geom), CHUNK)
 
 
-# --------------------------------------------------------------------------- driver
+# --------------------------------------------------------------------------- the kernel set
 
-def weight_matrix(weight, geom):
-    """``weight`` (C_out, Cg, kh, kw) as (groups, C_out/groups, K*Cg), (tap, channel) order."""
-    G, K = geom.groups, geom.taps
-    w = weight.reshape(G, geom.out_per_group, geom.in_per_group, K).transpose(0, 1, 3, 2)
-    return np.ascontiguousarray(w).reshape(G, geom.out_per_group, K * geom.in_per_group)
+#: The kernels of this backend for :mod:`refdcn.driver` (``"channels_last"`` layout; the
+#: padded channels-last copy of each block's images is shared by im2col and the
+#: coordinate gradients).
+def workspace(geom, itemsize):
+    """Bytes held per block of ``geom.batch`` images besides the columns.
 
-
-def _blocks(geom, dtype, buffers, block):
-    size = block or blocking.images_per_block(geom, np.dtype(dtype).itemsize, buffers)
-    for start in range(0, geom.batch, size):
-        yield start, min(geom.batch, start + size)
-
-
-def _part(array, start, stop):
-    return None if array is None else array[start:stop]
-
-
-def forward(input, offset, mask, weight, bias, geom, dtype, block=None):
-    """Forward pass; output (N, C_out, H_out, W_out) in ``dtype``.
-
-    ``block`` overrides the number of images per block (for tests).
+    The padded channels-last copy of the images (:func:`channels_last`) and,
+    in the backward, :func:`col2im`'s float64 planes.
     """
-    out = np.empty((geom.batch, geom.out_channels, geom.out_pixels), dtype)
-    wt = weight_matrix(weight, geom)
-    outs = geom.out_per_group
-    for start, stop in _blocks(geom, dtype, 1, block):
-        columns = im2col(input[start:stop], offset[start:stop], _part(mask, start, stop),
-                         geom.with_batch(stop - start), dtype)
-        for b in range(stop - start):
-            for g in range(geom.groups):
-                np.matmul(wt[g], columns[b, g].T, out=out[start + b, g * outs:(g + 1) * outs])
-    if bias is not None:
-        out += bias[:, None]
-    return out.reshape(geom.batch, geom.out_channels, geom.out_h, geom.out_w)
+    B, C = geom.batch, geom.in_channels
+    plane = (geom.height + PAD) * (geom.width + PAD)
+    block = channel_block(B, C)
+    return (B * plane * row_stride(C, itemsize) * itemsize
+            + B * -(-C // block) * plane * row_stride(block, 8) * 8)
 
 
-def backward(grad_output, input, offset, mask, weight, bias, geom, dtype, convention,
-             block=None):
-    """The five gradients ``(grad_input, grad_offset, grad_mask, grad_weight, grad_bias)``.
-
-    ``block`` overrides the number of images per block (for tests).
-    """
-    grad_input = np.empty(input.shape, dtype)
-    grad_offset = np.empty(offset.shape, dtype)
-    grad_mask = None if mask is None else np.empty(mask.shape, dtype)
-    wt = weight_matrix(weight, geom)
-    grad_wt = np.zeros(wt.shape, dtype)
-    outs = geom.out_per_group
-    go = grad_output.reshape(geom.batch, geom.out_channels, geom.out_pixels)
-    for start, stop in _blocks(geom, dtype, 2, block):
-        blk = geom.with_batch(stop - start)
-        m = _part(mask, start, stop)
-        padded = channels_last(input[start:stop])
-        columns = im2col(input[start:stop], offset[start:stop], m, blk, dtype, padded)
-        grad_columns = np.empty_like(columns)
-        for b in range(stop - start):
-            for g in range(geom.groups):
-                go_bg = go[start + b, g * outs:(g + 1) * outs]
-                grad_wt[g] += go_bg @ columns[b, g]
-                np.matmul(go_bg.T, wt[g], out=grad_columns[b, g])
-        del columns
-        col2im(grad_columns, offset[start:stop], m, blk, grad_input[start:stop])
-        coordinate_gradients(grad_columns, input[start:stop], offset[start:stop], m, blk,
-                             convention, grad_offset[start:stop], _part(grad_mask, start, stop),
-                             padded)
-    grad_weight = np.ascontiguousarray(
-        grad_wt.reshape(geom.groups, outs, geom.taps, geom.in_per_group).transpose(0, 1, 3, 2)
-    ).reshape(weight.shape)
-    grad_bias = None if bias is None else go.sum(axis=(0, 2)).astype(dtype)
-    return grad_input, grad_offset, grad_mask, grad_weight, grad_bias
+KERNELS = driver.KernelSet(im2col, col2im, coordinate_gradients, layout="channels_last",
+                           prepare_input=lambda input, geom: channels_last(input),
+                           workspace=workspace)
+forward, backward = KERNELS.forward, KERNELS.backward

@@ -31,9 +31,9 @@ synchronised with that stream once, when they are wrapped.
 
 How the work is organised
 -------------------------
-The computation is im2col + matrix product, as in :mod:`refdcn.blocking`,
+The computation is im2col + matrix product, as in :mod:`refdcn.driver`,
 over blocks of whole images whose column buffer fits in
-:data:`COLUMN_MEMORY` bytes:
+:func:`refdcn.column_memory` bytes:
 
 forward
     ``_im2col``: one thread per (image, offset group ``d``, tap ``k``,
@@ -104,7 +104,7 @@ allocated from CuPy's memory pool when CuPy is installed (no
 Settings (module attributes, read at every call)
 ------------------------------------------------
 :data:`THREADS_PER_BLOCK`, :data:`MAX_BLOCKS` (the element-wise kernels use
-grid-stride loops), :data:`COLUMN_MEMORY`, :data:`GEMM`,
+grid-stride loops), :data:`GEMM`,
 :data:`DETERMINISTIC`.  Launch configurations and scratch buffers
 (columns, temporaries) are cached between calls; :func:`clear_cache` frees
 them.  The cached scratch buffers make the backend unsafe to call from
@@ -117,10 +117,10 @@ import warnings
 
 import numpy as np
 
-from . import BackendUnavailable
+from . import BackendUnavailable, Capabilities
 from .. import bilinear
 from ._shared_math import compile_bilinear
-from ..blocking import _parse_bytes
+from .. import driver
 
 try:
     _spec = importlib.util.find_spec("numba_cuda")
@@ -149,6 +149,10 @@ else:
 
 NAME = "cuda"
 DEVICE = "cuda"
+#: ``blocked=False`` until the backend runs on :mod:`refdcn.driver`; the input
+#: gradient uses atomic adds unless :data:`DETERMINISTIC` is set.
+CAPABILITIES = Capabilities(device="cuda", compute_dtype="input", simulated=SIMULATED,
+                            blocked=False, deterministic=False, deterministic_option=True)
 
 
 def _numba_cuda_version():
@@ -174,14 +178,6 @@ else:
 THREADS_PER_BLOCK = 256
 #: Upper bound on the blocks of an element-wise launch (the kernels loop grid-stride).
 MAX_BLOCKS = 65535
-#: Upper bound in bytes on the column buffer of one block of images (env
-#: ``REFDCN_CUDA_COLUMN_MEMORY``: bytes, or ``512MiB``, ``2GiB``); at least one image
-#: per block.  Default 1 GiB.
-try:
-    COLUMN_MEMORY = _parse_bytes(os.environ.get("REFDCN_CUDA_COLUMN_MEMORY", str(1 << 30)))
-except ValueError as exc:
-    raise BackendUnavailable(str(exc).replace("REFDCN_COLUMN_MEMORY",
-                                              "REFDCN_CUDA_COLUMN_MEMORY")) from None
 #: Matrix products: "auto", "cublas" (CuPy) or "numba".
 GEMM = os.environ.get("REFDCN_CUDA_GEMM", "auto")
 #: "auto" uses cuBLAS only for products with at least this many multiply-adds.
@@ -810,7 +806,7 @@ def _geometry_tuple(geom):
 
 def _images_per_block(geom, itemsize):
     per_image = geom.in_channels * geom.taps * geom.out_pixels * itemsize
-    return max(1, min(geom.batch, COLUMN_MEMORY // max(per_image, 1)))
+    return max(1, min(geom.batch, driver.column_memory() // max(per_image, 1)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ This is how every fast implementation is organised
 (torchvision, mmcv, refdcn's compiled backends): the deformable sampling
 writes a *column matrix*, one row per (input channel, kernel tap) and one
 column per output pixel, and the convolution itself becomes a matrix product
-(:mod:`refdcn.blocking` drives both).  Here each step is whole-array NumPy, so
+(:mod:`refdcn.driver` drives both).  Here each step is whole-array NumPy, so
 it reads as the math: gather four corners, weight them, sum.
 
 The arithmetic (sampling points, the corners and weights of the adjoint
@@ -21,11 +21,13 @@ sampling coordinates in float64, and agrees with the loop reference to
 
 import numpy as np
 
-from .. import blocking
+from .. import driver
+from ..backends import Capabilities
 from ..bilinear import (BORDER_TORCHVISION, OUTSIDE, interpolate, interpolate_gradient,
                         sampling_point, scatter_corners)
 
 NAME = "numpy"
+CAPABILITIES = Capabilities(device="cpu", compute_dtype="input", blocked=True)
 DESCRIPTION = "vectorised NumPy im2col/col2im + one matrix product per group"
 
 def sampling_grid(offset, geom):
@@ -124,12 +126,17 @@ def _mask_or_one(mask, geom):
     return mask.reshape(mask.shape[0], geom.offset_groups, 1, -1)
 
 
-def im2col(input, offset, mask, geom, dtype):
+def im2col(input, offset, mask, geom, columns=np.float64, prepared=None):
     """Deformable im2col: ``columns[b, c*K + k, p] = m * S(input[b, c], y, x)``.
 
     Shapes: input (B, C_in, H, W), offset (B, 2*D*K, H_out, W_out),
-    mask (B, D*K, H_out, W_out) or None -> columns (B, C_in*K, H_out*W_out).
+    mask (B, D*K, H_out, W_out) or None.  ``columns`` is the array
+    (B, C_in*K, H_out*W_out) to write (the driver's buffer), or the dtype of a
+    new one.  Returns the columns.
     """
+    if not isinstance(columns, np.ndarray):
+        columns = np.empty((input.shape[0], geom.in_channels * geom.taps, geom.out_pixels),
+                           columns)
     y, x = sampling_grid(offset, geom)
     B, D, K, P = y.shape
     y0, x0, ly, lx = locate_all(y.reshape(B, D, K * P), x.reshape(B, D, K * P),
@@ -137,11 +144,11 @@ def im2col(input, offset, mask, geom, dtype):
     targets = corner_targets(y0, x0, ly, lx, geom.height, geom.width)
     v00, v01, v10, v11 = gather_corners(_by_offset_group(input, geom), targets)
     value = interpolate(v00, v01, v10, v11, ly[:, :, None], lx[:, :, None])
-    columns = (_mask_or_one(mask, geom) * value).astype(dtype, copy=False)
-    return columns.reshape(B, geom.in_channels * K, P)
+    columns.reshape(value.shape)[...] = _mask_or_one(mask, geom) * value
+    return columns
 
 
-def col2im(grad_columns, offset, mask, geom, grad_input):
+def col2im(grad_columns, offset, mask, geom, grad_input, prepared=None):
     """Adjoint of :func:`im2col`: scatter ``m * w_ab * grad_columns`` to the corners.
 
     Writes ``grad_input`` (B, C_in, H, W) (assumed zero on entry).  Sums with
@@ -163,7 +170,7 @@ def col2im(grad_columns, offset, mask, geom, grad_input):
 
 
 def coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
-                         grad_offset, grad_mask):
+                         grad_offset, grad_mask, prepared=None):
     """Offset and mask gradients, summed over the channels of each offset group.
 
     ``grad_offset[b, 2kk]   = m * sum_c grad_columns[b, c, k] * dS_c/dy``
@@ -188,5 +195,21 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
         grad_mask.reshape(B, D, K * P)[...] = (g * value).sum(axis=2)
 
 
-_KERNELS = blocking.ColumnKernels(im2col, col2im, coordinate_gradients)
-forward, backward = _KERNELS.forward, _KERNELS.backward
+#: Bytes of transient arrays (float64 and index arrays) the kernels allocate at their peak
+#: (the backward's coordinate gradients) besides the columns, per column element and per
+#: sampling point (image, offset group, tap, output pixel); the driver counts them against
+#: the bound.  Upper bounds of what tracemalloc measures (about 50-75 bytes per element
+#: and 90 per sampling point, float32 and float64); ``tests/test_memory.py`` checks them.
+TEMPORARY_BYTES_PER_ELEMENT = 96
+TEMPORARY_BYTES_PER_SAMPLE = 96
+
+
+def workspace(geom, itemsize):
+    """Transient bytes per block that scale with the sampling points, not the columns."""
+    return TEMPORARY_BYTES_PER_SAMPLE * geom.batch * geom.offset_groups * geom.taps \
+        * geom.out_pixels
+
+
+KERNELS = driver.KernelSet(im2col, col2im, coordinate_gradients, layout="rows",
+                           temporary_bytes=TEMPORARY_BYTES_PER_ELEMENT, workspace=workspace)
+forward, backward = KERNELS.forward, KERNELS.backward

@@ -38,6 +38,7 @@ import tracemalloc
 import numpy as np
 
 from .. import api, backends
+from ..driver import column_memory
 from ..geometry import check_arguments
 from ..testing import Case
 
@@ -54,8 +55,6 @@ DEFAULT_SHAPES = [
 QUICK_SHAPES = [(1, 16, 16, 32, 32, 3), (2, 32, 32, 16, 16, 3)]
 QUICK_REPEATS, QUICK_WARMUP = 5, 1
 
-#: The CPU backends ``refdcn bench`` never runs by default.
-NOT_BENCHMARKED = ("reference", "cuda")
 
 MATMUL_SIZE = 2048
 
@@ -95,17 +94,18 @@ class Settings:
 # --------------------------------------------------------------------------- setup
 
 def default_backends():
-    """The available CPU backends except ``"reference"``, and ``{name: reason}`` of the others."""
+    """The available CPU backends but the loop oracle, and ``{name: reason}`` of the others.
+
+    Capabilities decide: CPU devices, not the oracle (too slow to time).
+    """
     names, skipped = [], {}
     for name in backends.REGISTRY:
-        if name in NOT_BENCHMARKED:
-            continue
         try:
-            module = backends.get(name)
+            caps = backends.capabilities(name)
         except backends.BackendUnavailable as exc:
             skipped[name] = str(exc)
             continue
-        if getattr(module, "DEVICE", "cpu") == "cpu":
+        if caps.device == "cpu" and not caps.oracle:
             names.append(name)
     return names, skipped
 
@@ -290,7 +290,8 @@ def matmul_rate(dtype, repeats, warmup, size=MATMUL_SIZE):
 
 
 def peak_mib(function):
-    """Peak NumPy allocation (MiB) during one call of ``function`` (tracemalloc)."""
+    """Peak NumPy allocation (MiB) during one call of ``function``, less the arrays it
+    returns: what :func:`refdcn.column_memory` bounds (tracemalloc)."""
     was_tracing = tracemalloc.is_tracing()
     if not was_tracing:
         tracemalloc.start()
@@ -298,7 +299,9 @@ def peak_mib(function):
     base = tracemalloc.get_traced_memory()[0]
     result = function()
     peak = tracemalloc.get_traced_memory()[1] - base
-    del result
+    arrays = result if isinstance(result, tuple) else (result,)
+    peak -= sum(getattr(a, "nbytes", 0) for a in arrays if a is not None)
+    del result, arrays
     if not was_tracing:
         tracemalloc.stop()
     return peak / 2**20
@@ -424,8 +427,9 @@ def run_cpu_benchmark(settings, json_path=None, out=None):
           f"of the run): {matmul:.0f} GFLOP/s", file=out)
     print(format_table(rows), file=out)
     print("x tv / x ort: torchvision's (onnxruntime's) time / this backend's time "
-          "(> 1: faster); peak MiB: NumPy allocations during one forward+backward "
-          "(tracemalloc)", file=out)
+          "(> 1: faster); peak MiB: NumPy allocations during one forward+backward beyond the "
+          f"gradients returned (tracemalloc), bounded by refdcn.column_memory() = "
+          f"{column_memory() / 2**20:.0f} MiB", file=out)
     for label, note in notes.items():
         print(f"note: {note}", file=out)
     if keep is not None:

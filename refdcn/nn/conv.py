@@ -1,7 +1,7 @@
 """Convolution layers: :class:`Conv2d` and :class:`DeformConv2d` (DCNv1 / DCNv2).
 
 Both are im2col + matrix product, the organisation of every fast CPU
-convolution (:mod:`refdcn.blocking`):
+convolution (:mod:`refdcn.driver`):
 
 * :class:`Conv2d` samples the regular grid, so its column matrix is a set of
   shifted copies of the (zero-padded) input: :func:`grid_im2col` /
@@ -44,7 +44,7 @@ def grid_im2col(x, kernel, stride, padding):
     -------
     columns : ndarray, shape (N, C*kh*kw, H_out*W_out)
         Row ``c*kh*kw + i*kw + j`` holds ``x_padded[n, c, oy*sh + i, ox*sw + j]``
-        (the layout of :mod:`refdcn.blocking`).
+        (the layout of :mod:`refdcn.driver`).
     """
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     n, c, h, w = x.shape

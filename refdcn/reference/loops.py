@@ -58,8 +58,10 @@ import numpy as np
 from ..bilinear import (BORDER_TORCHVISION, bilinear_gradient, bilinear_sample, in_image, locate,
                         sampling_point, scatter_corners)
 from ..geometry import mask_channel, offset_channel
+from ..backends import Capabilities
 
 NAME = "reference"
+CAPABILITIES = Capabilities(device="cpu", compute_dtype="float64", oracle=True, blocked=False)
 DESCRIPTION = "explicit Python loops, float64 (the textbook reference; slow)"
 
 

@@ -1,0 +1,504 @@
+"""The one block driver: im2col + matrix products over tiles, for every im2col backend.
+
+Every fast deformable convolution is built the same way, and so are refdcn's
+``"numpy"``, ``"numba"``, ``"cython"`` and ``"cuda"`` backends.  Each supplies a
+:class:`KernelSet` (the deformable sampling steps, and for device arrays the
+allocation and matrix-product functions); this module owns the rest:
+
+forward, per tile
+    ``columns = im2col(input, offset, mask)``
+    ``out[b, group g] = W_g @ columns[b, g]``          one GEMM per image and group
+backward, per tile
+    ``columns = im2col(...)``                          (recomputed, not stored)
+    ``grad_W_g += G[b, g] @ columns[b, g]^T``          tiles in a fixed order
+    ``columns[b, g] = W_g^T @ G[b, g]``                the column gradient, in place
+    ``grad_input  += col2im(grad_columns, offset, mask)`` the adjoint of sampling
+    ``grad_offset, grad_mask = coordinate_gradients(grad_columns, input, offset, mask)``
+
+The column gradient overwrites the columns of the same image once that
+image's weight-gradient product has read them, so forward and backward hold
+one column buffer, allocated once per call for the largest tile and reused.
+
+Column layouts (:attr:`KernelSet.layout`)
+-----------------------------------------
+``"rows"``
+    columns (B, C_in*K, P): row ``c*K + k`` holds channel ``c``, tap
+    ``k = i*kw + j``; column ``oy*W_out + ox`` holds output pixel ``(oy, ox)``;
+    the weight is used as (groups, C_out/groups, C_in/groups*K) (a reshape).
+``"channels_last"``
+    columns (B, groups, P, K*Cg) with ``Cg = C_in/groups``, in (tap, channel)
+    order: ``columns[b, g, p, k*Cg + cl]`` is ``rows``'s
+    ``columns[b, (g*Cg + cl)*K + k, p]``; the weight is used as (groups,
+    C_out/groups, K*Cg) in the same (tap, channel) order (a transposed copy).
+
+Tiles and the memory bound
+--------------------------
+What one tile holds at its peak stays under :func:`column_memory` bytes: the
+column buffer, plus what the kernel set declares (its transient arrays per
+column element and its per-block workspace: :meth:`KernelSet.tile_bytes`).  A *tile* is either a block of whole images
+or, when one image's columns exceed :data:`TILE_COLUMN_BYTES` or the bound, a
+range of output rows of one image (:meth:`refdcn.geometry.Geometry.output_rows`;
+the input stays whole, the offset, mask and output rows are sliced).
+
+Results are bitwise identical for every bound from one fixed tile up: the
+tiles are blocks of whole images, or, for images whose columns exceed
+:data:`TILE_COLUMN_BYTES`, ranges of rows that depend only on the geometry,
+never on the bound; each image (or row range) is always computed by the same
+kernel and GEMM calls with the same operands; the weight gradient is
+accumulated tile by tile in batch and row order, and the input gradient of a
+split image is the sum of its ranges' contributions in that same order.  The
+one exception: a bound smaller than one fixed tile's :meth:`KernelSet.tile_bytes`
+makes the tiles smaller to keep the bound, and the results of those images
+may then differ in the last bits (a GEMM over fewer columns need not round
+like the wider one; all within the derived tolerances of the loop reference).
+The smallest tile is one output row: a bound below one row's columns
+(``C_in*K*W_out*itemsize`` bytes) is exceeded by that row.
+
+The kernel-set contract
+-----------------------
+A backend builds a :class:`KernelSet` from its kernels and hooks, and exports
+its ``forward``/``backward``::
+
+    KERNELS = driver.KernelSet(im2col, col2im, coordinate_gradients, layout="rows")
+    forward, backward = KERNELS.forward, KERNELS.backward
+
+Kernels (all arrays C-contiguous in the compute dtype; ``mask`` may be None;
+``geom`` is the tile's :class:`~refdcn.geometry.Geometry`, ``geom.batch`` its
+images, ``geom.out_h`` its output rows; ``prepared`` is what
+``prepare_input(input, geom)`` returned for the tile's images, or None)::
+
+    im2col(input, offset, mask, geom, columns, prepared)       # writes columns
+    col2im(grad_columns, offset, mask, geom, grad_input, prepared)
+        # writes grad_input (B, C_in, H, W); with col2im_accumulates=True it adds
+        # to it (grad_input is zero before the first tile of an image)
+    coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
+                         grad_offset, grad_mask, prepared)    # writes them; grad_mask may be None
+
+Optional declarations and hooks (defaults: NumPy host arrays):
+
+``layout``              ``"rows"`` or ``"channels_last"`` (above).
+``col2im_accumulates``  col2im adds into ``grad_input`` (e.g. atomic adds)
+                        rather than overwriting it.  Kernel sets that
+                        overwrite must work on host (NumPy) arrays.
+``temporary_bytes``     transient bytes the kernels allocate per column
+                        element, besides the columns (counted against the bound).
+``workspace(geom, itemsize) -> bytes``  what the kernels hold per block of
+                        ``geom.batch`` images besides the columns (e.g. a padded
+                        input copy, col2im scratch; counted against the bound).
+``prepare_input(input, geom) -> prepared``  once per block of images (once per
+                        image for a split image), e.g. a padded channels-last copy.
+``empty(shape, dtype)``, ``zeros(shape, dtype)``  allocation (on the device).
+``column_buffer(size, dtype)``  the 1-D column buffer (default ``empty``).
+``matmul(a, b, out, trans_a=False, trans_b=False, accumulate=False)``
+                        ``out[z] = op(a[z]) @ op(b[z])`` (``+=`` with
+                        ``accumulate``) for 3-D stacks over ``z`` (the groups);
+                        ``op`` transposes when asked.  ``a``/``b`` may be
+                        strided views of C-contiguous arrays only through the
+                        leading (stack) index.
+``contiguous(array)``   a C-contiguous copy of a strided slice.
+``assign(dst, src)``    ``dst[...] = src`` (dst may be a strided slice).
+``add_bias(out, bias)`` ``out (N, C_out, P) += bias[:, None]``.
+``bias_gradient(grad_output) -> (C_out,)``  sum over images and pixels of
+                        ``grad_output`` (N, C_out, P), in the compute dtype.
+"""
+
+from collections import namedtuple
+from dataclasses import dataclass
+import numbers
+import os
+import re
+from typing import Callable, Optional
+
+import numpy as np
+
+__all__ = ["KernelSet", "column_memory", "set_column_memory", "parse_bytes", "plan", "Tile",
+           "DEFAULT_COLUMN_MEMORY", "TILE_COLUMN_BYTES", "LAYOUTS"]
+
+#: The default bound on the column buffer, in bytes.
+DEFAULT_COLUMN_MEMORY = 256 * 2**20
+
+#: Images whose columns exceed this many bytes are split into ranges of output
+#: rows of at most this size (at least one row).  A property of the geometry,
+#: not of the bound, so that results do not depend on the bound.
+TILE_COLUMN_BYTES = 16 * 2**20
+
+#: The column layouts a kernel set can declare.
+LAYOUTS = ("rows", "channels_last")
+
+_column_memory = None
+
+_UNITS = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_bytes(value, name="nbytes"):
+    """A positive number of bytes from an int or a string such as ``"512MiB"``.
+
+    Accepts ints (Python or NumPy) and strings of digits with an optional unit
+    ``B``, ``K``/``KB``/``KiB``, ``M``..., ``G``..., ``T``... (binary
+    multiples: ``1KB == 1KiB == 1024``); fractional strings (``"1.5GiB"``) are
+    rounded down to whole bytes.
+
+    Raises
+    ------
+    TypeError
+        For bools, floats and other types; the message names ``name``.
+    ValueError
+        For zero, negative sizes and unparsable strings.
+    """
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([kKmMgGtT])i?[bB]?|[bB])?\s*", value)
+        if not m:
+            raise ValueError(f"{name} must be a size such as 268435456 or '256MiB'; "
+                             f"got {value!r}")
+        nbytes = int(float(m.group(1)) * _UNITS[(m.group(2) or "b").lower()])
+    elif isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool,
+                                                                                      np.bool_)):
+        nbytes = int(value)
+    else:
+        raise TypeError(f"{name} must be a positive int or a size string such as '512MiB'; "
+                        f"got {value!r} ({type(value).__name__})")
+    if nbytes < 1:
+        raise ValueError(f"{name} must be at least 1 byte; got {value!r}")
+    return nbytes
+
+
+def column_memory():
+    """Upper bound in bytes on the column buffer of every backend (default 256 MiB).
+
+    Set with :func:`set_column_memory` or the environment variable
+    ``REFDCN_COLUMN_MEMORY`` (bytes, or with a unit: ``512MiB``, ``1GiB``).
+    ``REFDCN_CUDA_COLUMN_MEMORY`` is read as an alias when
+    ``REFDCN_COLUMN_MEMORY`` is not set (older releases had a separate CUDA
+    bound).
+    """
+    if _column_memory is not None:
+        return _column_memory
+    for var in ("REFDCN_COLUMN_MEMORY", "REFDCN_CUDA_COLUMN_MEMORY"):
+        env = os.environ.get(var)
+        if env:
+            return parse_bytes(env, var)
+    return DEFAULT_COLUMN_MEMORY
+
+
+def set_column_memory(nbytes):
+    """Set the column-buffer bound of every backend.
+
+    Parameters
+    ----------
+    nbytes : int, str or None
+        Bytes (a positive int), or a size string as accepted by
+        ``REFDCN_COLUMN_MEMORY`` (``"512MiB"``, ``"1GiB"``); None restores the
+        environment's value or the default (:data:`DEFAULT_COLUMN_MEMORY`).
+
+    Raises
+    ------
+    TypeError
+        For bools, floats and other types.
+    ValueError
+        For zero, negative and unparsable sizes.
+    """
+    global _column_memory
+    _column_memory = None if nbytes is None else parse_bytes(nbytes, "nbytes")
+
+
+# --------------------------------------------------------------------------- tiles
+
+#: Images ``start .. stop-1``, output rows ``row0 .. row1-1``.
+Tile = namedtuple("Tile", ["start", "stop", "row0", "row1"])
+
+
+def plan(ks, geom, itemsize, limit=None):
+    """The tiles of one call, in order (see the module docstring).
+
+    Parameters
+    ----------
+    ks : KernelSet
+        Its :meth:`KernelSet.tile_bytes` is what a tile costs.
+    geom : Geometry
+    itemsize : int
+        Bytes per column element (the compute dtype's).
+    limit : int, optional
+        The bound; default :func:`column_memory`.
+
+    Returns
+    -------
+    list of Tile
+    """
+    limit = column_memory() if limit is None else limit
+    row_bytes = max(1, geom.in_channels * geom.taps * geom.out_w * itemsize)
+    fixed_rows = (geom.out_h if row_bytes * geom.out_h <= TILE_COLUMN_BYTES
+                  else max(1, TILE_COLUMN_BYTES // row_bytes))
+
+    def fits(images, rows):
+        tile = geom.output_rows(images, 0, rows)
+        extra = 0 if rows == geom.out_h else split_bytes(tile, itemsize)
+        return ks.tile_bytes(tile, itemsize) + extra <= limit
+
+    if fixed_rows == geom.out_h and fits(1, geom.out_h):
+        size = _largest(lambda n: fits(n, geom.out_h), geom.batch)
+        return [Tile(s, min(geom.batch, s + size), 0, geom.out_h)
+                for s in range(0, geom.batch, size)]
+    rows = fixed_rows if fits(1, fixed_rows) else _largest(lambda r: fits(1, r), fixed_rows)
+    return [Tile(b, b + 1, r0, min(geom.out_h, r0 + rows))
+            for b in range(geom.batch) for r0 in range(0, geom.out_h, rows)]
+
+
+def split_bytes(tile, itemsize):
+    """What the driver holds besides the kernels for a range of rows of one image.
+
+    Contiguous copies of the range's offsets and mask and their gradients, of
+    its ``grad_output`` and output, and one image's input-gradient scratch.
+    """
+    samples = tile.offset_groups * tile.taps * tile.out_pixels
+    return itemsize * (2 * 3 * samples + 2 * tile.out_channels * tile.out_pixels
+                       + tile.in_channels * tile.height * tile.width)
+
+
+def _largest(fits, high):
+    """The largest n in 1..high with fits(n) (fits is monotone); 1 if none."""
+    low = 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+# --------------------------------------------------------------------------- NumPy hooks
+
+def numpy_matmul(a, b, out, trans_a=False, trans_b=False, accumulate=False):
+    """``out[z] = op(a[z]) @ op(b[z])`` (``+=`` with ``accumulate``), one BLAS call per z."""
+    for z in range(out.shape[0]):
+        az = a[z].T if trans_a else a[z]
+        bz = b[z].T if trans_b else b[z]
+        if accumulate:
+            out[z] += az @ bz
+        else:
+            np.matmul(az, bz, out=out[z])
+
+
+def _assign(dst, src):
+    dst[...] = src
+
+
+def _add_bias(out, bias):
+    out += bias[:, None]
+
+
+def _bias_gradient(grad_output):
+    return grad_output.sum(axis=(0, 2)).astype(grad_output.dtype)
+
+
+def _column_buffer(size, dtype):
+    return np.empty((size,), dtype)
+
+
+@dataclass(frozen=True)
+class KernelSet:
+    """The kernels of one backend, their column layout and hooks (module docstring)."""
+    im2col: Callable
+    col2im: Callable
+    coordinate_gradients: Callable
+    layout: str = "rows"
+    col2im_accumulates: bool = False
+    temporary_bytes: float = 0.0
+    workspace: Optional[Callable] = None
+    prepare_input: Optional[Callable] = None
+    empty: Callable = np.empty
+    zeros: Callable = np.zeros
+    column_buffer: Callable = _column_buffer
+    matmul: Callable = numpy_matmul
+    contiguous: Callable = np.ascontiguousarray
+    assign: Callable = _assign
+    add_bias: Callable = _add_bias
+    bias_gradient: Callable = _bias_gradient
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}; got {self.layout!r}")
+
+    def tile_bytes(self, geom, itemsize):
+        """Bytes a tile of geometry ``geom`` holds at its peak (what the bound limits).
+
+        The column buffer (``itemsize`` per element), the kernels' transient
+        arrays (``temporary_bytes`` per column element) and their per-block
+        workspace (``workspace(geom)``).
+        """
+        elements = geom.batch * geom.in_channels * geom.taps * geom.out_pixels
+        extra = 0 if self.workspace is None else self.workspace(geom, itemsize)
+        return int(elements * (itemsize + self.temporary_bytes)) + extra
+
+    def forward(self, input, offset, mask, weight, bias, geom, dtype):
+        """Forward pass of the backend; see :func:`forward`."""
+        return forward(self, input, offset, mask, weight, bias, geom, dtype)
+
+    def backward(self, grad_output, input, offset, mask, weight, bias, geom, dtype, convention):
+        """The five gradients of the backend; see :func:`backward`."""
+        return backward(self, grad_output, input, offset, mask, weight, bias, geom, dtype,
+                        convention)
+
+
+# --------------------------------------------------------------------------- the driver
+
+def _columns_shape(ks, geom):
+    if ks.layout == "rows":
+        return (geom.batch, geom.in_channels * geom.taps, geom.out_pixels)
+    return (geom.batch, geom.groups, geom.out_pixels, geom.taps * geom.in_per_group)
+
+
+def _image_columns(ks, columns, b, geom):
+    """Image ``b``'s columns as a (groups, ., .) stack."""
+    if ks.layout == "rows":
+        return columns[b].reshape(geom.groups, geom.in_per_group * geom.taps, geom.out_pixels)
+    return columns[b]
+
+
+def weight_matrix(ks, weight, geom):
+    """``weight`` (C_out, Cg, kh, kw) as (groups, C_out/groups, Cg*K) in the layout's order."""
+    G, O, K, Cg = geom.groups, geom.out_per_group, geom.taps, geom.in_per_group
+    if ks.layout == "rows":
+        return weight.reshape(G, O, Cg * K)
+    w = weight.reshape(G, O, Cg, K).transpose(0, 1, 3, 2)
+    return np.ascontiguousarray(w).reshape(G, O, K * Cg)
+
+
+def _weight_from_matrix(ks, wmat, weight_shape, geom):
+    if ks.layout == "rows":
+        return wmat.reshape(weight_shape)
+    G, O, K, Cg = geom.groups, geom.out_per_group, geom.taps, geom.in_per_group
+    return np.ascontiguousarray(wmat.reshape(G, O, K, Cg).transpose(0, 1, 3, 2)
+                                ).reshape(weight_shape)
+
+
+class _Call:
+    """The tiles of one call, the reused buffers, and the per-tile slices."""
+
+    def __init__(self, ks, geom, dtype):
+        self.ks, self.geom, self.dtype = ks, geom, np.dtype(dtype)
+        self.tiles = plan(ks, geom, self.dtype.itemsize)
+        largest = max(((t.stop - t.start) * (t.row1 - t.row0) for t in self.tiles), default=0)
+        size = largest * geom.out_w * geom.in_channels * geom.taps
+        self.buffer = ks.column_buffer(size, self.dtype) if size else None
+        self.split = any(t.row1 - t.row0 < geom.out_h for t in self.tiles)
+        self._prepared_key = self._prepared = None
+
+    def tile_geometry(self, t):
+        return self.geom.output_rows(t.stop - t.start, t.row0, t.row1 - t.row0)
+
+    def columns(self, tg):
+        shape = _columns_shape(self.ks, tg)
+        return self.buffer[:int(np.prod(shape))].reshape(shape)
+
+    def rows(self, array, t):
+        """(N, X, H_out, W_out) -> the tile's images and rows, C-contiguous (None stays)."""
+        if array is None:
+            return None
+        if t.row0 == 0 and t.row1 == self.geom.out_h:
+            return array[t.start:t.stop]
+        return self.ks.contiguous(array[t.start:t.stop, :, t.row0:t.row1])
+
+    def prepared(self, input, t, tg):
+        if self.ks.prepare_input is None:
+            return None
+        key = (t.start, t.stop)
+        if key != self._prepared_key:
+            self._prepared = None      # free the previous one first
+            self._prepared = self.ks.prepare_input(input[t.start:t.stop], tg)
+            self._prepared_key = key
+        return self._prepared
+
+
+def forward(ks, input, offset, mask, weight, bias, geom, dtype):
+    """Forward pass over tiles; output (N, C_out, H_out, W_out) in ``dtype``.
+
+    ``input``, ``offset``, ``mask``, ``weight``, ``bias`` are C-contiguous
+    arrays of ``dtype`` of the shapes of :func:`refdcn.deform_conv2d`.
+    """
+    out = ks.empty((geom.batch, geom.out_channels, geom.out_pixels), dtype)
+    shape4 = (geom.batch, geom.out_channels, geom.out_h, geom.out_w)
+    if geom.batch == 0:
+        return out.reshape(shape4)
+    call = _Call(ks, geom, dtype)
+    wmat = weight_matrix(ks, weight, geom)
+    G, O, W_out = geom.groups, geom.out_per_group, geom.out_w
+    trans_b = ks.layout == "channels_last"
+    tile_out = ks.empty((geom.out_channels, max(t.row1 - t.row0 for t in call.tiles) * W_out),
+                        dtype) if call.split else None
+    for t in call.tiles:
+        tg = call.tile_geometry(t)
+        columns = call.columns(tg)
+        ks.im2col(input[t.start:t.stop], call.rows(offset, t), call.rows(mask, t), tg, columns,
+                  call.prepared(input, t, tg))
+        whole = t.row0 == 0 and t.row1 == geom.out_h
+        for b in range(t.stop - t.start):
+            dst = out[t.start + b] if whole else tile_out[:, :tg.out_pixels]
+            ks.matmul(wmat, _image_columns(ks, columns, b, tg), dst.reshape(G, O, tg.out_pixels),
+                      trans_b=trans_b)
+            if not whole:
+                ks.assign(out[t.start + b, :, t.row0 * W_out:t.row1 * W_out], dst)
+    if bias is not None:
+        ks.add_bias(out, bias)
+    return out.reshape(shape4)
+
+
+def backward(ks, grad_output, input, offset, mask, weight, bias, geom, dtype, convention):
+    """The five gradients over tiles; see the module docstring for the steps.
+
+    Returns ``(grad_input, grad_offset, grad_mask, grad_weight, grad_bias)``
+    (``grad_mask``/``grad_bias`` None without mask/bias), in ``dtype``.
+    """
+    grad_input = ks.zeros(input.shape, dtype)
+    grad_offset = ks.zeros(offset.shape, dtype)
+    grad_mask = None if mask is None else ks.zeros(mask.shape, dtype)
+    wmat = weight_matrix(ks, weight, geom)
+    grad_wmat = ks.zeros(wmat.shape, dtype)
+    go_all = grad_output.reshape(geom.batch, geom.out_channels, geom.out_pixels)
+    grad_bias = None if bias is None else ks.bias_gradient(go_all)
+    if geom.batch == 0:
+        return (grad_input, grad_offset, grad_mask,
+                _weight_from_matrix(ks, grad_wmat, weight.shape, geom), grad_bias)
+    call = _Call(ks, geom, dtype)
+    G, O = geom.groups, geom.out_per_group
+    channels_last = ks.layout == "channels_last"
+    scratch = None
+    for t in call.tiles:
+        tg = call.tile_geometry(t)
+        whole = t.row0 == 0 and t.row1 == geom.out_h
+        columns = call.columns(tg)
+        off, m = call.rows(offset, t), call.rows(mask, t)
+        prepared = call.prepared(input, t, tg)
+        inp = input[t.start:t.stop]
+        ks.im2col(inp, off, m, tg, columns, prepared)
+        go = call.rows(grad_output, t).reshape(t.stop - t.start, G, O, tg.out_pixels)
+        for b in range(t.stop - t.start):
+            cols = _image_columns(ks, columns, b, tg)
+            # grad_W += G_b @ columns_b^T, then the columns become grad_columns (in place)
+            ks.matmul(go[b], cols, grad_wmat, trans_b=not channels_last, accumulate=True)
+            if channels_last:
+                ks.matmul(go[b], wmat, cols, trans_a=True)
+            else:
+                ks.matmul(wmat, go[b], cols, trans_a=True)
+        # input gradient: the first (or only) tile of an image writes, later ones add
+        if whole or ks.col2im_accumulates or t.row0 == 0:
+            ks.col2im(columns, off, m, tg, grad_input[t.start:t.stop], prepared)
+        else:
+            if scratch is None:
+                scratch = ks.zeros((1,) + tuple(input.shape[1:]), dtype)
+            ks.col2im(columns, off, m, tg, scratch, prepared)
+            np.add(grad_input[t.start:t.stop], scratch, out=grad_input[t.start:t.stop])
+        if whole:
+            ks.coordinate_gradients(columns, inp, off, m, tg, convention,
+                                    grad_offset[t.start:t.stop],
+                                    None if grad_mask is None else grad_mask[t.start:t.stop],
+                                    prepared)
+        else:
+            g_off = ks.empty(off.shape, dtype)
+            g_m = None if m is None else ks.empty(m.shape, dtype)
+            ks.coordinate_gradients(columns, inp, off, m, tg, convention, g_off, g_m, prepared)
+            ks.assign(grad_offset[t.start:t.stop, :, t.row0:t.row1], g_off)
+            if g_m is not None:
+                ks.assign(grad_mask[t.start:t.stop, :, t.row0:t.row1], g_m)
+    return (grad_input, grad_offset, grad_mask,
+            _weight_from_matrix(ks, grad_wmat, weight.shape, geom), grad_bias)
