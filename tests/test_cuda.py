@@ -14,6 +14,7 @@ NumPy scalars promote differently), so only the real compiler catches typing
 errors of the device code.
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -37,17 +38,21 @@ try:
 except backends.BackendUnavailable as exc:
     pytest.skip(str(exc), allow_module_level=True)
 
+from refdcn.backends.cuda import (gather, gemm, interop, memory, probe, settings,  # noqa: E402
+                                  signatures)
+from refdcn.backends.cuda.launch import launch, launch_blocks  # noqa: E402
+
 #: Matrix-product engines to test: the Numba GEMM always, cuBLAS when CuPy works here.
-ENGINES = ["numba"] + (["cublas"] if not cb.SIMULATED and cb._cupy() is not None else [])
+ENGINES = ["numba"] + (["cublas"] if not cb.SIMULATED and interop.cupy() is not None else [])
 
 
 @pytest.fixture(autouse=True)
 def odd_launches(monkeypatch):
     """Odd block size, few blocks, and a clean cache, for every test."""
-    monkeypatch.setattr(cb, "THREADS_PER_BLOCK", 37)
-    monkeypatch.setattr(cb, "MAX_BLOCKS", 3)
-    monkeypatch.setattr(cb, "DETERMINISTIC", False)
-    monkeypatch.setattr(cb, "GEMM", "numba")
+    monkeypatch.setattr(settings, "THREADS_PER_BLOCK", 37)
+    monkeypatch.setattr(settings, "MAX_BLOCKS", 3)
+    monkeypatch.setattr(settings, "DETERMINISTIC", False)
+    monkeypatch.setattr(settings, "GEMM", "numba")
     yield
     cb.clear_cache()
 
@@ -79,7 +84,7 @@ FULL = dict(batch=2, in_channels=4, out_channels=4, height=5, width=4, kernel=(3
                                                  ("mmcv", "integer"),
                                                  ("torchvision", "random")])
 def test_matches_reference(convention, offsets, dtype, engine, monkeypatch):
-    monkeypatch.setattr(cb, "GEMM", engine)
+    monkeypatch.setattr(settings, "GEMM", engine)
     case = make_case(seed=3, offsets=offsets, dtype=dtype, **FULL)
     actual = run(case, convention)
     assert all(isinstance(v, np.ndarray) for v in actual.values()), "NumPy in, NumPy out"
@@ -113,7 +118,7 @@ def test_blocks_of_images(monkeypatch):
     per_image = geom.in_channels * geom.taps * geom.out_pixels * 8
     refdcn.set_column_memory(2 * per_image)
     try:
-        assert cb._images_per_block(geom, 8) == 2
+        assert len(refdcn.driver.plan(geom, 8)) == 2
         assert_agrees(run(case), case, np.float64, "torchvision")
     finally:
         refdcn.set_column_memory(None)
@@ -121,16 +126,52 @@ def test_blocks_of_images(monkeypatch):
 
 @pytest.mark.parametrize("convention", ["torchvision", "mmcv"])
 def test_deterministic_mode(convention, monkeypatch):
-    monkeypatch.setattr(cb, "DETERMINISTIC", True)
+    monkeypatch.setattr(settings, "DETERMINISTIC", True)
     case = make_case(seed=11, offsets="integer", dtype=np.float64, **FULL)
     first = run(case, convention)
     assert_agrees(first, case, np.float64, convention)
     # the order of every sum is fixed by the data, not by the launch configuration
-    monkeypatch.setattr(cb, "THREADS_PER_BLOCK", 5)
+    monkeypatch.setattr(settings, "THREADS_PER_BLOCK", 5)
     second = run(case, convention)
     for q in first:
         if first[q] is not None:
             np.testing.assert_array_equal(first[q], second[q], err_msg=q)
+
+
+def _interleave_one_call(monkeypatch, inner_case, inner_results):
+    """Make the first matrix product of the next call first run a whole other call
+    (forward and backward on ``inner_case``): that call lands between the outer call's
+    im2col and its GEMM, where a buffer shared between calls would be overwritten."""
+    real = cb.matmul
+    pending = [inner_case]
+
+    def matmul(*args):
+        if pending:
+            inner_results.update(run(pending.pop()))
+        return real(*args)
+    monkeypatch.setattr(cb, "matmul", matmul)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_interleaved_calls_use_their_own_workspace(deterministic, monkeypatch):
+    """issue 12 item 3: a call that runs while another is between im2col and GEMM (what
+    two host threads do) does not touch the other's columns; both agree with the
+    reference.  The control shows the interleaving really reaches the columns: with one
+    workspace shared by every call, the outer call computes from the inner call's data."""
+    monkeypatch.setattr(settings, "DETERMINISTIC", deterministic)
+    outer = make_case(seed=23, dtype=np.float64, **FULL)
+    inner_case = make_case(seed=29, dtype=np.float64, **FULL)   # same shapes, other data
+    inner = {}
+    _interleave_one_call(monkeypatch, inner_case, inner)
+    assert_agrees(run(outer), outer, np.float64, "torchvision")
+    assert_agrees(inner, inner_case, np.float64, "torchvision")
+
+    shared = memory.Workspace()
+    monkeypatch.setattr(memory, "workspace", lambda: contextlib.nullcontext(shared))
+    _interleave_one_call(monkeypatch, inner_case, inner)
+    expected = reference_results(outer, "torchvision")
+    report = compare(run(outer), expected, outer, np.float64)
+    assert not report["output"][0], "the control did not interleave"
 
 
 def test_sort_buckets_kernel():
@@ -141,14 +182,14 @@ def test_sort_buckets_kernel():
     order = rng.permutation(int(starts[-1])).astype(np.int64)
     expected = np.concatenate([np.sort(order[a:b]) for a, b in zip(starts[:-1], starts[1:])])
     d_order = cb.cuda.to_device(order)
-    cb._launch(cb._sort_buckets, len(counts))(cb.cuda.to_device(starts), d_order)
+    launch(gather.sort_buckets, len(counts))(cb.cuda.to_device(starts), d_order)
     np.testing.assert_array_equal(d_order.copy_to_host(), expected)
 
 
 def test_exclusive_scan_kernel():
     counts = np.random.default_rng(1).integers(0, 5, size=100).astype(np.int64)
     starts = cb.cuda.to_device(np.full(101, -7, np.int64))
-    cb._launch_blocks(cb._exclusive_scan, 1, 37)(cb.cuda.to_device(counts), starts)
+    launch_blocks(gather.exclusive_scan, 1, 37)(cb.cuda.to_device(counts), starts)
     np.testing.assert_array_equal(starts.copy_to_host(),
                                   np.concatenate([[0], np.cumsum(counts)]))
 
@@ -180,7 +221,7 @@ def test_device_arrays_in_device_arrays_out():
     grads = refdcn.deform_conv2d_backward(grad_output, *args, backend="cuda")
     results = {"output": out, **grads._asdict()}
     for q, r in results.items():
-        assert isinstance(r, cb._DeviceArray), f"{q}: {type(r)}"
+        assert isinstance(r, probe.DeviceArray), f"{q}: {type(r)}"
         assert r.dtype == np.float64
     host = {q: r.copy_to_host() for q, r in results.items()}
     exact = case.astype(np.float64)
@@ -223,16 +264,16 @@ def test_foreign_device_arrays(library):
     out = refdcn.deform_conv2d(*args, backend="cuda")
     grads = refdcn.deform_conv2d_backward(to_dev(case.grad_output), *args, backend="cuda")
     results = {"output": out, **grads._asdict()}
-    assert all(isinstance(r, cb._DeviceArray) for r in results.values())
+    assert all(isinstance(r, probe.DeviceArray) for r in results.values())
     assert_agrees({q: back(r) for q, r in results.items()}, case, np.float32, "torchvision")
 
 
 def test_gemm_setting_is_checked(monkeypatch):
-    monkeypatch.setattr(cb, "GEMM", "fast")
+    monkeypatch.setattr(settings, "GEMM", "fast")
     with pytest.raises(ValueError, match="GEMM must be"):
-        cb.gemm_engine(10)
-    monkeypatch.setattr(cb, "GEMM", "numba")
-    assert cb.gemm_engine(1 << 40) == "numba"
+        gemm.gemm_engine(10)
+    monkeypatch.setattr(settings, "GEMM", "numba")
+    assert gemm.gemm_engine(1 << 40) == "numba"
 
 
 def test_description_says_where_it_runs():
@@ -246,7 +287,7 @@ def test_description_says_where_it_runs():
 def test_gemm_kernel_with_gpu_tiles(ta, tb, accumulate, dtype):
     """The Numba GEMM with the tile sizes used on the GPU (16x16 threads, 64x64 tiles,
     K by 16), on a product with partial tiles and two K steps."""
-    kernel = cb._make_gemm_kernel(dtype, 16, 4, 16)
+    kernel = gemm.make_gemm_kernel(dtype, 16, 4, 16)
     rng = np.random.default_rng(2)
     G, M, N, Kd = 2, 3, 70, 20
     a = rng.normal(size=(G, Kd, M) if ta else (G, M, Kd)).astype(dtype)
@@ -340,7 +381,7 @@ cuda.is_available = lambda: True
 dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=CC)
 import numpy as np
 from numba import types as nt
-from refdcn.backends import numba_cuda as cb
+from refdcn.backends.cuda import sampling, signatures
 
 i64, b1 = nt.int64, nt.boolean
 for name, f in (("float32", nt.float32), ("float64", nt.float64)):
@@ -353,6 +394,7 @@ for name, f in (("float32", nt.float32), ("float64", nt.float64)):
         "pixel": (plane, i64, i64, i64, i64),
         "corners": (plane, i64, i64, i64, i64),
         "corner_weights": (f, f),
+        "scatter_corners": (i64, i64, d, d),
         "interpolate": (f, f, f, f, d, d),
         "interpolate_gradient": (f, f, f, f, d, d),
         "bilinear_sample": (plane, i64, i64, d, d),
@@ -361,11 +403,11 @@ for name, f in (("float32", nt.float32), ("float64", nt.float64)):
     for fn, sig in device.items():
         key = f"device:{fn}:{name}"
         try:
-            ptx, ret = cuda.compile_ptx(cb.DEVICE_SOURCES[fn], sig, device=True, cc=CC)
+            ptx, ret = cuda.compile_ptx(sampling.DEVICE_SOURCES[fn], sig, device=True, cc=CC)
             result["ptx"][key] = {"ok": True, "ret": str(ret)}
         except Exception as exc:
             result["ptx"][key] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    for kn, (pyfunc, sig) in cb.kernel_signatures(np.dtype(name)).items():
+    for kn, (pyfunc, sig) in signatures.kernel_signatures(np.dtype(name)).items():
         key = f"kernel:{kn}:{name}"
         try:
             cuda.compile_ptx(pyfunc, sig, device=False, cc=CC)
@@ -376,8 +418,9 @@ print(json.dumps(result))
 """
 
 DEVICE_NAMES = ["sampling_point", "locate", "in_image", "pixel", "corners", "corner_weights",
-                "interpolate", "interpolate_gradient", "bilinear_sample", "bilinear_gradient"]
-KERNEL_NAMES = sorted(cb.KERNELS) + ["_gemm_kernel"]
+                "scatter_corners", "interpolate", "interpolate_gradient", "bilinear_sample",
+                "bilinear_gradient"]
+KERNEL_NAMES = sorted(signatures.KERNELS) + ["gemm_kernel"]
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ REGISTRY = {
     "numpy": "refdcn.backends.numpy_cpu",
     "numba": "refdcn.backends.numba_cpu",
     "cython": "refdcn.backends.cython_cpu",
-    "cuda": "refdcn.backends.numba_cuda",
+    "cuda": "refdcn.backends.cuda",
 }
 
 #: How to make each optional backend available.

@@ -141,9 +141,10 @@ def run_gpu_benchmark(shapes=None, repeats=20, warmup=3, dtype="float32"):
     dev = cuda.get_current_device()
     _say(f"device: {dev.name.decode() if isinstance(dev.name, bytes) else dev.name}, "
          f"dtype {dtype}, median of {repeats} calls after {warmup} warm-ups, CUDA events")
-    _say(f"refdcn: {cb.DESCRIPTION}; GEMM={cb.GEMM} (cuBLAS via CuPy: "
-         f"{'yes' if cb._cupy() is not None else 'no, Numba GEMM'}); "
-         f"deterministic={cb.DETERMINISTIC}")
+    from ..backends.cuda.interop import cupy
+    _say(f"refdcn: {cb.DESCRIPTION}; GEMM={cb.settings.GEMM} (cuBLAS via CuPy: "
+         f"{'yes' if cupy() is not None else 'no, Numba GEMM'}); "
+         f"deterministic={cb.settings.DETERMINISTIC}")
     _say("torchvision: " + (f"torch {torch.__version__}, TF32 off" if torch is not None
                             else "not available (torch with CUDA not installed)"))
     header = (f"{'B,Cin,Cout,HxW,k':>22} {'GFLOP':>6} {'fwd ms':>8} {'tv fwd':>8} {'ratio':>6} "
@@ -178,7 +179,7 @@ def _bench_shape(shape, cb, api, torch, tvops, measure, repeats, warmup, dtype):
 
     t_fwd = measure(fwd, repeats, warmup)
     t_fb = measure(fwd_bwd, repeats, warmup)
-    saved = cb.DETERMINISTIC
+    saved = cb.settings.DETERMINISTIC
     try:
         cb.set_deterministic(True)
         t_det = measure(fwd_bwd, max(1, repeats // 4), min(1, warmup))
