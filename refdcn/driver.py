@@ -424,7 +424,9 @@ def forward(ks, input, offset, mask, weight, bias, geom, dtype):
     wmat = weight_matrix(ks, weight, geom)
     G, O, W_out = geom.groups, geom.out_per_group, geom.out_w
     trans_b = ks.layout == "channels_last"
-    tile_out = ks.empty((geom.out_channels, max(t.row1 - t.row0 for t in call.tiles) * W_out),
+    # 1-D, so that every tile's (C_out, P) view of it is contiguous (device arrays
+    # reshape only contiguous views)
+    tile_out = ks.empty((geom.out_channels * max(t.row1 - t.row0 for t in call.tiles) * W_out,),
                         dtype) if call.split else None
     for t in call.tiles:
         tg = call.tile_geometry(t)
@@ -433,7 +435,9 @@ def forward(ks, input, offset, mask, weight, bias, geom, dtype):
                   call.prepared(input, t, tg))
         whole = t.row0 == 0 and t.row1 == geom.out_h
         for b in range(t.stop - t.start):
-            dst = out[t.start + b] if whole else tile_out[:, :tg.out_pixels]
+            dst = out[t.start + b] if whole else tile_out[:geom.out_channels * tg.out_pixels
+                                                          ].reshape(geom.out_channels,
+                                                                    tg.out_pixels)
             ks.matmul(wmat, _image_columns(ks, columns, b, tg), dst.reshape(G, O, tg.out_pixels),
                       trans_b=trans_b)
             if not whole:

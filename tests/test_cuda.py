@@ -14,7 +14,7 @@ NumPy scalars promote differently), so only the real compiler catches typing
 errors of the device code.
 """
 
-import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -138,26 +138,27 @@ def test_deterministic_mode(convention, monkeypatch):
             np.testing.assert_array_equal(first[q], second[q], err_msg=q)
 
 
-def _interleave_one_call(monkeypatch, inner_case, inner_results):
+def _interleave_one_call(monkeypatch, inner_case, inner_results, **hooks):
     """Make the first matrix product of the next call first run a whole other call
     (forward and backward on ``inner_case``): that call lands between the outer call's
-    im2col and its GEMM, where a buffer shared between calls would be overwritten."""
-    real = cb.matmul
+    im2col and its GEMM, where a buffer shared between calls would be overwritten.
+    ``hooks`` replace more hooks of the kernel set."""
+    kernels = cb.KERNELS
     pending = [inner_case]
 
-    def matmul(*args):
+    def matmul(*args, **kwargs):
         if pending:
             inner_results.update(run(pending.pop()))
-        return real(*args)
-    monkeypatch.setattr(cb, "matmul", matmul)
+        return kernels.matmul(*args, **kwargs)
+    monkeypatch.setattr(cb, "KERNELS", dataclasses.replace(kernels, matmul=matmul, **hooks))
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
-def test_interleaved_calls_use_their_own_workspace(deterministic, monkeypatch):
+def test_interleaved_calls_use_their_own_buffers(deterministic, monkeypatch):
     """issue 12 item 3: a call that runs while another is between im2col and GEMM (what
     two host threads do) does not touch the other's columns; both agree with the
     reference.  The control shows the interleaving really reaches the columns: with one
-    workspace shared by every call, the outer call computes from the inner call's data."""
+    column buffer shared by every call, the outer call computes from the inner call's data."""
     monkeypatch.setattr(settings, "DETERMINISTIC", deterministic)
     outer = make_case(seed=23, dtype=np.float64, **FULL)
     inner_case = make_case(seed=29, dtype=np.float64, **FULL)   # same shapes, other data
@@ -166,11 +167,14 @@ def test_interleaved_calls_use_their_own_workspace(deterministic, monkeypatch):
     assert_agrees(run(outer), outer, np.float64, "torchvision")
     assert_agrees(inner, inner_case, np.float64, "torchvision")
 
-    shared = memory.Workspace()
-    monkeypatch.setattr(memory, "workspace", lambda: contextlib.nullcontext(shared))
-    _interleave_one_call(monkeypatch, inner_case, inner)
-    expected = reference_results(outer, "torchvision")
-    report = compare(run(outer), expected, outer, np.float64)
+    shared = []
+
+    def one_buffer(size, dtype):
+        if not shared:
+            shared.append(memory.empty((size,), dtype))
+        return shared[0]
+    _interleave_one_call(monkeypatch, inner_case, inner, column_buffer=one_buffer)
+    report = compare(run(outer), reference_results(outer, "torchvision"), outer, np.float64)
     assert not report["output"][0], "the control did not interleave"
 
 
@@ -277,7 +281,8 @@ def test_gemm_setting_is_checked(monkeypatch):
 
 
 def test_description_says_where_it_runs():
-    assert cb.NAME == "cuda" and cb.DEVICE == "cuda"
+    caps = backends.capabilities("cuda")
+    assert caps.device == "cuda" and caps.simulated == cb.SIMULATED
     assert ("SIMULATOR" in cb.DESCRIPTION) == cb.SIMULATED
 
 

@@ -15,59 +15,55 @@ The package, one job per file:
 ``probe.py``       can it run here (numba-cuda, GPU or simulator)
 ``settings.py``    launch sizes, GEMM engine, deterministic mode
 ``sampling.py``    :mod:`refdcn.bilinear` compiled as device functions; sample indexing
-``kernels.py``     im2col, coordinate gradients + atomic input scatter, stores
+``kernels.py``     im2col, atomic input scatter, coordinate gradients, bias, copies
 ``gather.py``      the deterministic input gradient (cells, scan, placement, sort, gather)
 ``gemm.py``        the tiled Numba GEMM (one tile loader) and the cuBLAS dispatch
 ``launch.py``      launch configurations
-``memory.py``      allocation, input copies, per-call workspaces
+``memory.py``      allocation, copies, conversions (nothing shared between calls)
 ``interop.py``     CuPy / PyTorch / ``__cuda_array_interface__`` in, results out
 ``signatures.py``  every kernel's argument types (PTX compilation checks)
 =================  ==========================================================
 
 How the work is organised
 -------------------------
-im2col + matrix product over blocks of whole images whose column buffer fits
-in :func:`refdcn.set_column_memory` bytes:
-
-forward
-    :func:`.kernels.im2col` (one thread per (image, offset group, tap, output
-    pixel): consecutive threads handle consecutive output pixels, so offset
-    reads and column writes coalesce), one GEMM per convolution group
-    ``tmp_g = W_g @ columns_g``, then :func:`.kernels.store_output` adds the
-    bias and transposes to ``(B, C_out, H_out, W_out)``.
-backward
-    ``columns`` again (recomputed), ``grad_W_g += G_g @ columns_g^T`` and
-    ``grad_columns_g = W_g^T @ G_g`` (the second overwrites the column
-    buffer), then :func:`.kernels.coordinate_gradients` (offset and mask
-    gradients; the input gradient by atomic adds, or by the deterministic
-    gather of :mod:`.gather`); :func:`.kernels.bias_gradient` sums
-    ``grad_output`` per channel in a fixed order.
+The one block driver, :mod:`refdcn.driver`, runs im2col + matrix products over
+tiles of images (or output rows) whose column buffer fits in
+:func:`refdcn.set_column_memory` bytes; this package supplies its
+:class:`~refdcn.driver.KernelSet` (:data:`KERNELS`): the ``"rows"`` column
+layout, the kernels (:mod:`.kernels`, :mod:`.gather`), device allocation and
+copies (:mod:`.memory`) and the matrix products (:mod:`.gemm`).
 
 Determinism: the forward pass and the offset, mask, weight and bias gradients
-are deterministic; ``grad_input`` is deterministic only in deterministic mode
-(:func:`set_deterministic`, env ``REFDCN_CUDA_DETERMINISTIC=1``).
+are deterministic; ``grad_input`` is accumulated with atomic adds
+(:func:`.kernels.scatter_input_gradient`) unless deterministic mode is on
+(:func:`set_deterministic`, env ``REFDCN_CUDA_DETERMINISTIC=1``: the gather of
+:mod:`.gather`).
 
-Thread safety: every call takes its own scratch buffers (:func:`.memory.workspace`),
-so calls from several host threads do not share columns.
+Thread safety: every call allocates its own buffers (:mod:`.memory`; only
+launch configurations are cached), so calls from several host threads, or a
+call made while another is between its im2col and its matrix product, never
+share columns.
 """
 
 import numpy as np
 
-from . import settings
-from .probe import SIMULATED, DeviceArray, cuda, numba_cuda_version
-from . import gather, kernels, memory, launch as _launch
-from ._record import kernel_record
+from . import gather, kernels, memory, settings
+from . import launch as _launch
 from .gemm import matmul
 from .interop import coerce, is_device, results
 from .launch import launch, launch_blocks
+from .probe import SIMULATED, cuda, numba_cuda_version
 from .settings import set_deterministic
-from ...blocking import images_per_block
+from .. import Capabilities
+from ... import driver
 
-__all__ = ["NAME", "DEVICE", "DESCRIPTION", "SIMULATED", "forward", "backward", "coerce",
-           "set_deterministic", "clear_cache", "settings", "cuda"]
+__all__ = ["NAME", "DESCRIPTION", "CAPABILITIES", "SIMULATED", "KERNELS", "forward", "backward",
+           "coerce", "set_deterministic", "clear_cache", "settings", "cuda"]
 
 NAME = "cuda"
-DEVICE = "cuda"
+#: The input gradient uses atomic adds unless deterministic mode is on.
+CAPABILITIES = Capabilities(device="cuda", compute_dtype="input", simulated=SIMULATED,
+                            blocked=True, deterministic=False, deterministic_option=True)
 
 if SIMULATED:
     DESCRIPTION = (f"numba-cuda {numba_cuda_version()} kernels on the CUDA SIMULATOR "
@@ -78,10 +74,61 @@ else:
 
 
 def clear_cache():
-    """Free the idle workspaces and forget the cached launch configurations."""
-    memory.clear()
+    """Forget the cached launch configurations (nothing else is kept between calls)."""
     _launch.clear()
 
+
+# --------------------------------------------------------------------------- the kernel set
+
+def _samples(geom):
+    return geom.batch * geom.offset_groups * geom.taps * geom.out_pixels
+
+
+def _im2col(input, offset, mask, geom, columns, prepared):
+    launch(kernels.im2col, _samples(geom))(input, offset, offset if mask is None else mask,
+                                           mask is not None, columns, geom.kernel_record())
+
+
+def _col2im(grad_columns, offset, mask, geom, grad_input, prepared):
+    geo = geom.kernel_record()
+    mask_arg = offset if mask is None else mask
+    if settings.DETERMINISTIC:
+        gather.input_gradient(offset, mask_arg, mask is not None, grad_columns, geo, grad_input)
+    else:
+        launch(kernels.scatter_input_gradient, _samples(geom))(
+            offset, mask_arg, mask is not None, grad_columns, geo, grad_input)
+
+
+def _coordinate_gradients(grad_columns, input, offset, mask, geom, convention, grad_offset,
+                          grad_mask, prepared):
+    launch(kernels.coordinate_gradients, _samples(geom))(
+        input, offset, offset if mask is None else mask, mask is not None, grad_columns,
+        geom.kernel_record(), convention, grad_offset,
+        grad_offset if grad_mask is None else grad_mask)
+
+
+def _add_bias(out, bias):
+    if out.size:
+        launch(kernels.add_bias, out.size)(out, bias)
+
+
+def _bias_gradient(grad_output):
+    grad_bias = memory.empty((grad_output.shape[1],), grad_output.dtype)
+    threads = min(settings.MAX_THREADS, settings.THREADS_PER_BLOCK)
+    launch_blocks(kernels.bias_gradient, max(1, min(grad_output.shape[1], settings.MAX_BLOCKS)),
+                  threads)(grad_output, grad_bias)
+    return grad_bias
+
+
+#: The backend's kernel set for :mod:`refdcn.driver` (``"rows"`` layout; the
+#: input gradient accumulates into ``grad_input``).
+KERNELS = driver.KernelSet(
+    _im2col, _col2im, _coordinate_gradients, layout="rows", col2im_accumulates=True,
+    empty=memory.empty, zeros=memory.zeros, matmul=matmul, contiguous=memory.contiguous,
+    assign=memory.assign, add_bias=_add_bias, bias_gradient=_bias_gradient)
+
+
+# --------------------------------------------------------------------------- the backend protocol
 
 def forward(input, offset, mask, weight, bias, geom, dtype):
     """Deformable convolution on the GPU.
@@ -102,30 +149,9 @@ def forward(input, offset, mask, weight, bias, geom, dtype):
         A Numba device array if any input was a device array, else a NumPy array.
     """
     dtype = np.dtype(dtype)
-    on_device = any(is_device(a) for a in (input, offset, mask, weight, bias))
-    input, offset, mask, weight, bias = (memory.to_device(a, dtype)
-                                         for a in (input, offset, mask, weight, bias))
-    out = memory.empty((geom.batch, geom.out_channels, geom.out_h, geom.out_w), dtype)
-    if out.size == 0:
-        return results((out,), on_device)[0]
-    G, O, P = geom.groups, geom.out_channels, geom.out_pixels
-    R = geom.in_channels * geom.taps
-    geo = kernel_record(geom)
-    wg = weight.reshape(G, O // G, R // G)
-    nb_max = images_per_block(geom, dtype.itemsize, 1)
-    with memory.workspace() as ws:
-        mask_arg = offset if mask is None else mask
-        bias_arg = ws.dummy(1, dtype) if bias is None else bias
-        for b0 in range(0, geom.batch, nb_max):
-            nb = min(nb_max, geom.batch - b0)
-            columns = ws.scratch("columns", (R, nb * P), dtype)
-            tmp = ws.scratch("tmp", (O, nb * P), dtype)
-            launch(kernels.im2col, nb * geom.offset_groups * geom.taps * P)(
-                input, offset, mask_arg, mask is not None, columns, b0, nb, geo)
-            matmul(wg, ws.scratch("columns", (G, R // G, nb * P), dtype),
-                   ws.scratch("tmp", (G, O // G, nb * P), dtype), False, False, False)
-            launch(kernels.store_output, nb * O * P)(tmp, bias_arg, bias is not None, out, b0,
-                                                     nb, geom.out_w)
+    arrays = (input, offset, mask, weight, bias)
+    on_device = any(is_device(a) for a in arrays)
+    out = KERNELS.forward(*(memory.to_device(a, dtype) for a in arrays), geom, dtype)
     return results((out,), on_device)[0]
 
 
@@ -149,51 +175,8 @@ def backward(grad_output, input, offset, mask, weight, bias, geom, dtype, conven
         in the last bits) unless ``settings.DETERMINISTIC`` is set.
     """
     dtype = np.dtype(dtype)
-    on_device = any(is_device(a) for a in (grad_output, input, offset, mask, weight, bias))
-    grad_output, input, offset, mask, weight, bias = (
-        memory.to_device(a, dtype) for a in (grad_output, input, offset, mask, weight, bias))
-    deterministic = settings.DETERMINISTIC
-    G, O, P, K, D = (geom.groups, geom.out_channels, geom.out_pixels, geom.taps,
-                     geom.offset_groups)
-    R = geom.in_channels * K
-    grad_input = memory.zeros(input.shape, dtype)
-    grad_offset = memory.empty(offset.shape, dtype)
-    grad_mask = None if mask is None else memory.empty(mask.shape, dtype)
-    grad_weight = memory.empty(weight.shape, dtype)
-    grad_bias = None if bias is None else memory.empty(bias.shape, dtype)
-    if grad_bias is not None:
-        threads = min(settings.MAX_THREADS, settings.THREADS_PER_BLOCK)
-        launch_blocks(kernels.bias_gradient, max(1, min(O, settings.MAX_BLOCKS)), threads)(
-            grad_output, grad_bias)
-    if geom.batch == 0:
-        grad_weight = memory.zeros(weight.shape, dtype)
-        return results((grad_input, grad_offset, grad_mask, grad_weight, grad_bias), on_device)
-    geo = kernel_record(geom)
-    mask_arg = offset if mask is None else mask
-    grad_mask_arg = grad_offset if grad_mask is None else grad_mask
-    wg = weight.reshape(G, O // G, R // G)
-    grad_wg = grad_weight.reshape(G, O // G, R // G)
-    nb_max = images_per_block(geom, dtype.itemsize, 1)
-    with memory.workspace() as ws:
-        for b0 in range(0, geom.batch, nb_max):
-            nb = min(nb_max, geom.batch - b0)
-            samples = nb * D * K * P
-            columns = ws.scratch("columns", (R, nb * P), dtype)
-            launch(kernels.im2col, samples)(input, offset, mask_arg, mask is not None, columns,
-                                            b0, nb, geo)
-            if nb == 1:       # grad_output[b0] is already (C_out, P)
-                gt3 = grad_output[b0].reshape(G, O // G, P)
-            else:             # (nb, C_out, P) -> (C_out, nb*P)
-                launch(kernels.gather_grad_output, nb * O * P)(
-                    grad_output, ws.scratch("tmp", (O, nb * P), dtype), b0, nb, geom.out_w)
-                gt3 = ws.scratch("tmp", (G, O // G, nb * P), dtype)
-            cols3 = ws.scratch("columns", (G, R // G, nb * P), dtype)
-            matmul(gt3, cols3, grad_wg, False, True, b0 > 0)       # grad_W += G @ columns^T
-            matmul(wg, gt3, cols3, True, False, False)             # grad_columns = W^T @ G
-            launch(kernels.coordinate_gradients, samples)(
-                input, offset, mask_arg, mask is not None, columns, b0, nb, geo, convention,
-                not deterministic, grad_input, grad_offset, grad_mask_arg)
-            if deterministic:
-                gather.input_gradient(offset, mask_arg, mask is not None, columns, b0, nb, geo,
-                                      grad_input, ws)
-    return results((grad_input, grad_offset, grad_mask, grad_weight, grad_bias), on_device)
+    arrays = (grad_output, input, offset, mask, weight, bias)
+    on_device = any(is_device(a) for a in arrays)
+    grads = KERNELS.backward(*(memory.to_device(a, dtype) for a in arrays), geom, dtype,
+                             convention)
+    return results(grads, on_device)

@@ -26,25 +26,26 @@ import numpy as np
 from . import settings
 from .kernels import fill
 from .launch import launch, launch_blocks
+from .memory import empty
 from .probe import cuda
 from .settings import MAX_THREADS
 from .sampling import locate, sample_index, scatter_corners, tap_sample
 
-# Cell index: (bl*D + d)*(H+1)*(W+1) + (y0+1)*(W+1) + (x0+1).
+# Cell index: (b*D + d)*(H+1)*(W+1) + (y0+1)*(W+1) + (x0+1).
 
 
 @cuda.jit
-def sample_cells(offset, b0, nb, geo, cell_of, counts):
+def sample_cells(offset, geo, cell_of, counts):
     """cell_of[t] = the cell of sample t (-1 if it touches no pixel); counts[cell] += 1."""
     H, W = geo.height, geo.width
     cells = (H + 1) * (W + 1)
-    n = nb * geo.offset_groups * geo.taps * geo.out_pixels
+    n = geo.batch * geo.offset_groups * geo.taps * geo.out_pixels
     for t in range(cuda.grid(1), n, cuda.gridsize(1)):
-        bl, d, k, p = sample_index(t, geo)
-        kk, oy, ox, y, x, _ = tap_sample(offset, offset, False, b0 + bl, d, k, p, geo)
+        b, d, k, p = sample_index(t, geo)
+        kk, oy, ox, y, x, _ = tap_sample(offset, offset, False, b, d, k, p, geo)
         active, y0, x0, ly, lx = locate(y, x, H, W, False)
         if active and y0 >= -1 and x0 >= -1:      # NaN points are active but touch nothing
-            cell = (bl * geo.offset_groups + d) * cells + (y0 + 1) * (W + 1) + (x0 + 1)
+            cell = (b * geo.offset_groups + d) * cells + (y0 + 1) * (W + 1) + (x0 + 1)
             cell_of[t] = cell
             cuda.atomic.add(counts, cell, 1)
         else:
@@ -111,29 +112,27 @@ def sort_buckets(starts, order):
 
 
 @cuda.jit
-def gather_input_gradient(offset, mask, has_mask, grad_columns, b0, nb, geo, starts, order,
-                          grad_input):
-    """grad_input[b, c, iy, ix] = sum of G_c * m * weight over the samples of its four cells.
+def gather_input_gradient(offset, mask, has_mask, grad_columns, geo, starts, order, grad_input):
+    """grad_input[b, c, iy, ix] += sum of G_c * m * weight over the samples of its four cells.
 
-    One thread per (bl, d, iy, ix); cells in the order (iy, ix), (iy, ix-1),
+    One thread per (b, d, iy, ix); cells in the order (iy, ix), (iy, ix-1),
     (iy-1, ix), (iy-1, ix-1): the pixel is target ``00``, ``01``, ``10``,
     ``11`` of :func:`refdcn.bilinear.scatter_corners` for the samples of that
     cell, whose ``weight`` it takes; the samples of a cell in increasing
-    index: a fixed order.  ``grad_input`` must be zero on entry.
+    index: a fixed order.
     """
     H, W, K, P = geo.height, geo.width, geo.taps, geo.out_pixels
     D, Cd = geo.offset_groups, geo.in_per_offset_group
     cells = (H + 1) * (W + 1)
-    n = nb * D * H * W
+    n = geo.batch * D * H * W
     for t in range(cuda.grid(1), n, cuda.gridsize(1)):
         ix = t % W
         r = t // W
         iy = r % H
         r = r // H
         d = r % D
-        bl = r // D
-        b = b0 + bl
-        base = (bl * D + d) * cells
+        b = r // D
+        base = (b * D + d) * cells
         for corner in range(4):
             a = corner // 2
             e = corner - 2 * a
@@ -145,33 +144,31 @@ def gather_input_gradient(offset, mask, has_mask, grad_columns, b0, nb, geo, sta
                 kk, oy, ox, y, x, m = tap_sample(offset, mask, has_mask, b, d, k, p, geo)
                 active, y0, x0, ly, lx = locate(y, x, H, W, False)
                 weight = scatter_corners(y0, x0, ly, lx)[corner][2]
-                col = bl * P + p
                 for ci in range(Cd):
                     c = d * Cd + ci
-                    gm = float(grad_columns[c * K + k, col]) * m
+                    gm = float(grad_columns[b, c * K + k, p]) * m
                     grad_input[b, c, iy, ix] += gm * weight
 
 
-def input_gradient(offset, mask, has_mask, grad_columns, b0, nb, geo, grad_input, workspace):
-    """The deterministic input gradient of images ``b0 .. b0+nb-1`` (the steps above).
+def input_gradient(offset, mask, has_mask, grad_columns, geo, grad_input):
+    """Add the input gradient of a tile to ``grad_input`` in a fixed order (the steps above).
 
-    ``mask`` is read only if ``has_mask``; ``grad_input`` must be zero on
-    entry for those images; the buckets are scratch buffers of ``workspace``
-    (a :class:`~.memory.Workspace`).
+    ``mask`` is read only if ``has_mask``.  The buckets are allocated for this
+    call (nothing is shared between calls).
     """
     i64 = np.dtype(np.int64)
-    samples = nb * geo.offset_groups * geo.taps * geo.out_pixels
-    cells = nb * geo.offset_groups * (geo.height + 1) * (geo.width + 1)
-    cell_of = workspace.scratch("cell_of", (samples,), i64)
-    counts = workspace.scratch("counts", (cells,), i64)
-    starts = workspace.scratch("starts", (cells + 1,), i64)
-    order = workspace.scratch("order", (samples,), i64)
+    samples = geo.batch * geo.offset_groups * geo.taps * geo.out_pixels
+    cells = geo.batch * geo.offset_groups * (geo.height + 1) * (geo.width + 1)
+    cell_of = empty((samples,), i64)
+    counts = empty((cells,), i64)
+    starts = empty((cells + 1,), i64)
+    order = empty((max(samples, 1),), i64)
     launch(fill, cells)(counts, 0)
-    launch(sample_cells, samples)(offset, b0, nb, geo, cell_of, counts)
+    launch(sample_cells, samples)(offset, geo, cell_of, counts)
     launch_blocks(exclusive_scan, 1, min(settings.MAX_THREADS, settings.THREADS_PER_BLOCK))(
         counts, starts)
     launch(place_samples, samples)(cell_of, starts, counts, order)
     launch(sort_buckets, cells)(starts, order)
-    pixels = nb * geo.offset_groups * geo.height * geo.width
-    launch(gather_input_gradient, pixels)(offset, mask, has_mask, grad_columns, b0, nb, geo,
-                                          starts, order, grad_input)
+    pixels = geo.batch * geo.offset_groups * geo.height * geo.width
+    launch(gather_input_gradient, pixels)(offset, mask, has_mask, grad_columns, geo, starts,
+                                          order, grad_input)

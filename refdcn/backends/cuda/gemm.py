@@ -133,8 +133,11 @@ def gemm_engine(macs):
     return "cublas" if cupy() is not None and macs >= settings.CUBLAS_MIN_MACS else "numba"
 
 
-def matmul(a, b, c, ta, tb, accumulate):
-    """``c[z] = op(a[z]) @ op(b[z]) (+ c[z])`` for 3-D C-contiguous device arrays."""
+def matmul(a, b, out, trans_a=False, trans_b=False, accumulate=False):
+    """``out[z] = op(a[z]) @ op(b[z])`` (``+=`` with ``accumulate``) for 3-D C-contiguous
+    device arrays; ``op`` transposes when asked (the :mod:`refdcn.driver` contract)."""
+    c, ta, tb = out, bool(trans_a), bool(trans_b)
+    accumulate = bool(accumulate)
     M, N = c.shape[1], c.shape[2]
     kd = a.shape[1] if ta else a.shape[2]
     if gemm_engine(c.shape[0] * M * N * kd) == "cublas":

@@ -1,9 +1,11 @@
-"""The element-wise kernels: im2col, coordinate gradients with the atomic input scatter, stores.
+"""The element-wise kernels: im2col, the atomic input scatter, coordinate gradients, bias, copies.
 
-Columns have the layout of the whole block of images side by side:
-``columns[c*K + k, bl*P + p]`` holds channel ``c``, tap ``k`` of output pixel
-``p`` of image ``bl`` of the block (``K`` taps, ``P`` output pixels).  ``geo``
-is the :class:`refdcn.geometry.KernelGeometry` record; every kernel loops
+Columns have the driver's ``"rows"`` layout (:mod:`refdcn.driver`):
+``columns[b, c*K + k, p]`` holds channel ``c``, tap ``k`` of output pixel ``p``
+of image ``b`` of the tile (``K`` taps, ``P`` output pixels).  ``geo`` is the
+tile's :class:`refdcn.geometry.KernelGeometry`; the arrays hold the tile's
+images (and output rows) only.  One thread per sample ``(b, d, k, p)``, ``p``
+fastest, so offset reads and column writes coalesce; every kernel loops
 grid-stride, so any launch configuration computes the same result.
 """
 
@@ -19,63 +21,82 @@ _TORCHVISION = bilinear.BORDER_TORCHVISION
 
 
 @cuda.jit
-def im2col(input, offset, mask, has_mask, columns, b0, nb, geo):
-    """columns[c*K + k, bl*P + p] = m * S(input[b0 + bl, c], y, x)  (shape (C_in*K, nb*P)).
+def im2col(input, offset, mask, has_mask, columns, geo):
+    """columns[b, c*K + k, p] = m * S(input[b, c], y, x)  (shape (B, C_in*K, P)).
 
     One thread per sample: one ``locate`` per sample, then a loop over the
     channels of its offset group (the corner weights are loop-invariant).
     """
-    H, W, K, P = geo.height, geo.width, geo.taps, geo.out_pixels
-    n = nb * geo.offset_groups * K * P
+    H, W, K = geo.height, geo.width, geo.taps
+    n = geo.batch * geo.offset_groups * K * geo.out_pixels
     for t in range(cuda.grid(1), n, cuda.gridsize(1)):
-        bl, d, k, p = sample_index(t, geo)
-        b = b0 + bl
+        b, d, k, p = sample_index(t, geo)
         kk, oy, ox, y, x, m = tap_sample(offset, mask, has_mask, b, d, k, p, geo)
         active, y0, x0, ly, lx = locate(y, x, H, W, False)
-        col = bl * P + p
         for ci in range(geo.in_per_offset_group):
             c = d * geo.in_per_offset_group + ci
             s = 0.0
             if active:
                 v00, v01, v10, v11 = corners(input[b, c], y0, x0, H, W)
                 s = interpolate(v00, v01, v10, v11, ly, lx)
-            columns[c * K + k, col] = m * s
+            columns[b, c * K + k, p] = m * s
 
 
 @cuda.jit
-def coordinate_gradients(input, offset, mask, has_mask, grad_columns, b0, nb, geo, convention,
-                         scatter, grad_input, grad_offset, grad_mask):
-    """Offset and mask gradients of one block of images, and the atomic input scatter.
+def scatter_input_gradient(offset, mask, has_mask, grad_columns, geo, grad_input):
+    """col2im by atomic adds: grad_input[b, c, row, col] += G_c * m * weight.
 
-    Per sample (bl, d, k, p), with ``G_c = grad_columns[c*K + k, bl*P + p]``::
+    Per sample (b, d, k, p), with ``G_c = grad_columns[b, c*K + k, p]``, for
+    the four ``(row, col, weight)`` of :func:`refdcn.bilinear.scatter_corners`
+    that lie inside the image.  The order of the additions into one pixel
+    depends on the scheduling: not bitwise reproducible (see :mod:`.gather`).
+    """
+    H, W, K = geo.height, geo.width, geo.taps
+    n = geo.batch * geo.offset_groups * K * geo.out_pixels
+    for t in range(cuda.grid(1), n, cuda.gridsize(1)):
+        b, d, k, p = sample_index(t, geo)
+        kk, oy, ox, y, x, m = tap_sample(offset, mask, has_mask, b, d, k, p, geo)
+        active, y0, x0, ly, lx = locate(y, x, H, W, False)
+        if not active:
+            continue
+        targets = scatter_corners(y0, x0, ly, lx)
+        for ci in range(geo.in_per_offset_group):
+            c = d * geo.in_per_offset_group + ci
+            gm = float(grad_columns[b, c * K + k, p]) * m
+            for row, column, weight in targets:
+                if in_image(row, column, H, W):
+                    cuda.atomic.add(grad_input, (b, c, row, column), gm * weight)
+
+
+@cuda.jit
+def coordinate_gradients(input, offset, mask, has_mask, grad_columns, geo, convention,
+                         grad_offset, grad_mask):
+    """Offset and mask gradients.
+
+    Per sample (b, d, k, p), with ``G_c = grad_columns[b, c*K + k, p]``::
 
         grad_offset[b, 2kk]   = m * sum_c G_c * dS_c/dy      (convention's border rule)
         grad_offset[b, 2kk+1] = m * sum_c G_c * dS_c/dx
-        grad_mask[b, kk]      =     sum_c G_c * S_c
-        grad_input[b, c, row, col] += G_c * m * weight       (if ``scatter``; atomic)
+        grad_mask[b, kk]      =     sum_c G_c * S_c          (if ``has_mask``)
 
-    for the four ``(row, col, weight)`` of :func:`refdcn.bilinear.scatter_corners`
-    that lie inside the image.
+    each sum in float64, over the channels of offset group ``d`` in order.
     """
-    H, W, K, P = geo.height, geo.width, geo.taps, geo.out_pixels
+    H, W, K = geo.height, geo.width, geo.taps
     closed = convention == _TORCHVISION
-    n = nb * geo.offset_groups * K * P
+    n = geo.batch * geo.offset_groups * K * geo.out_pixels
     for t in range(cuda.grid(1), n, cuda.gridsize(1)):
-        bl, d, k, p = sample_index(t, geo)
-        b = b0 + bl
+        b, d, k, p = sample_index(t, geo)
         kk, oy, ox, y, x, m = tap_sample(offset, mask, has_mask, b, d, k, p, geo)
         # The gradient rule may also admit the lines y = -1 / x = -1; where the
         # forward rule admits the point too, both give the same corner and fractions.
         active, y0, x0, ly, lx = locate(y, x, H, W, closed)
         forward_active = locate(y, x, H, W, False)[0]
-        targets = scatter_corners(y0, x0, ly, lx)
-        col = bl * P + p
         acc_y = 0.0
         acc_x = 0.0
         acc_m = 0.0
         for ci in range(geo.in_per_offset_group):
             c = d * geo.in_per_offset_group + ci
-            gv = float(grad_columns[c * K + k, col])
+            gv = float(grad_columns[b, c * K + k, p])
             d_dy = 0.0
             d_dx = 0.0
             s = 0.0
@@ -87,11 +108,6 @@ def coordinate_gradients(input, offset, mask, has_mask, grad_columns, b0, nb, ge
             acc_y += gv * d_dy
             acc_x += gv * d_dx
             acc_m += gv * s
-            if scatter and forward_active:
-                gm = gv * m
-                for row, column, weight in targets:
-                    if in_image(row, column, H, W):
-                        cuda.atomic.add(grad_input, (b, c, row, column), gm * weight)
         grad_offset[b, 2 * kk, oy, ox] = m * acc_y
         grad_offset[b, 2 * kk + 1, oy, ox] = m * acc_x
         if has_mask:
@@ -99,41 +115,18 @@ def coordinate_gradients(input, offset, mask, has_mask, grad_columns, b0, nb, ge
 
 
 @cuda.jit
-def store_output(tmp, bias, has_bias, out, b0, nb, out_w):
-    """out[b0 + bl, o, oy, ox] = tmp[o, bl*P + p] + bias[o]  (tmp shape (C_out, nb*P))."""
-    O = out.shape[1]
-    P = out.shape[2] * out_w
-    n = nb * O * P
-    for t in range(cuda.grid(1), n, cuda.gridsize(1)):
+def add_bias(out, bias):
+    """out[b, o, p] += bias[o]  (out shape (N, C_out, P))."""
+    B, O, P = out.shape
+    for t in range(cuda.grid(1), B * O * P, cuda.gridsize(1)):
         p = t % P
         r = t // P
-        o = r % O
-        bl = r // O
-        v = tmp[o, bl * P + p]
-        if has_bias:
-            v += bias[o]
-        oy = p // out_w
-        out[b0 + bl, o, oy, p - oy * out_w] = v
-
-
-@cuda.jit
-def gather_grad_output(grad_output, gt, b0, nb, out_w):
-    """gt[o, bl*P + p] = grad_output[b0 + bl, o, oy, ox]  (gt shape (C_out, nb*P))."""
-    O = grad_output.shape[1]
-    P = grad_output.shape[2] * out_w
-    n = nb * O * P
-    for t in range(cuda.grid(1), n, cuda.gridsize(1)):
-        p = t % P
-        r = t // P
-        o = r % O
-        bl = r // O
-        oy = p // out_w
-        gt[o, bl * P + p] = grad_output[b0 + bl, o, oy, p - oy * out_w]
+        out[r // O, r % O, p] += bias[r % O]
 
 
 @cuda.jit
 def bias_gradient(grad_output, grad_bias):
-    """grad_bias[o] = sum over (n, y, x) of grad_output[n, o, y, x]; one block per channel.
+    """grad_bias[o] = sum over (b, p) of grad_output[b, o, p]; one block per channel.
 
     The ``B*P`` terms are split into :data:`~.settings.REDUCE_LANES` fixed lanes
     (lane ``L`` sums terms ``L, L + lanes, ...`` in order, in float64), then
@@ -141,8 +134,7 @@ def bias_gradient(grad_output, grad_bias):
     the block size, so the result is deterministic.
     """
     partial = cuda.shared.array(REDUCE_LANES, np.float64)
-    B, O, Ho, Wo = grad_output.shape
-    P = Ho * Wo
+    B, O, P = grad_output.shape
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     for o in range(cuda.blockIdx.x, O, cuda.gridDim.x):
@@ -150,9 +142,7 @@ def bias_gradient(grad_output, grad_bias):
             acc = 0.0
             for t in range(lane, B * P, REDUCE_LANES):
                 b = t // P
-                p = t - b * P
-                oy = p // Wo
-                acc += float(grad_output[b, o, oy, p - oy * Wo])
+                acc += float(grad_output[b, o, t - b * P])
             partial[lane] = acc
         cuda.syncthreads()
         if tid == 0:
@@ -172,7 +162,7 @@ def fill(array, value):
 
 @cuda.jit
 def convert4(src, dst):
-    """dst[...] = src[...] for 4-D arrays of any strides and dtypes (dst C-contiguous)."""
+    """dst[...] = src[...] for 4-D arrays of any strides and dtypes."""
     n0, n1, n2, n3 = dst.shape
     n = n0 * n1 * n2 * n3
     for t in range(cuda.grid(1), n, cuda.gridsize(1)):
@@ -183,6 +173,14 @@ def convert4(src, dst):
         i1 = r % n1
         i0 = r // n1
         dst[i0, i1, i2, i3] = src[i0, i1, i2, i3]
+
+
+@cuda.jit
+def convert2(src, dst):
+    """dst[...] = src[...] for 2-D arrays of any strides and dtypes."""
+    n0, n1 = dst.shape
+    for t in range(cuda.grid(1), n0 * n1, cuda.gridsize(1)):
+        dst[t // n1, t % n1] = src[t // n1, t % n1]
 
 
 @cuda.jit

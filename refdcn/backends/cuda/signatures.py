@@ -10,12 +10,12 @@ import numpy as np
 
 from . import gather, kernels
 from .gemm import GEMM_KERNELS
-from ._record import KernelGeometry
+from ...geometry import KernelGeometry
 
 #: name -> kernel dispatcher (the element-wise, reduction, sorting and gather kernels).
 KERNELS = {name: getattr(module, name) for module, names in (
-    (kernels, ("im2col", "coordinate_gradients", "store_output", "gather_grad_output",
-               "bias_gradient", "fill", "convert4", "convert1")),
+    (kernels, ("im2col", "scatter_input_gradient", "coordinate_gradients", "add_bias",
+               "bias_gradient", "fill", "convert4", "convert2", "convert1")),
     (gather, ("sample_cells", "exclusive_scan", "place_samples", "sort_buckets",
               "gather_input_gradient"))) for name in names}
 
@@ -39,20 +39,22 @@ def kernel_signatures(dtype):
     i1 = nt.Array(nt.int64, 1, "C")
     i64, flag = nt.int64, nt.boolean
     geo = geometry_type()
+    half = lambda nd: nt.Array(nt.float16, nd, "A")
     types = {
-        "im2col": (a4, a4, a4, flag, a2, i64, i64, geo),
-        "coordinate_gradients": (a4, a4, a4, flag, a2, i64, i64, geo, i64, flag, a4, a4, a4),
-        "store_output": (a2, a1, flag, a4, i64, i64, i64),
-        "gather_grad_output": (a4, a2, i64, i64, i64),
-        "bias_gradient": (a4, a1),
+        "im2col": (a4, a4, a4, flag, a3, geo),
+        "scatter_input_gradient": (a4, a4, flag, a3, geo, a4),
+        "coordinate_gradients": (a4, a4, a4, flag, a3, geo, i64, a4, a4),
+        "add_bias": (a3, a1),
+        "bias_gradient": (a3, a1),
         "fill": (a1, f),
-        "convert4": (nt.Array(nt.float16, 4, "A"), a4),
-        "convert1": (nt.Array(nt.float16, 1, "A"), a1),
-        "sample_cells": (a4, i64, i64, geo, i1, i1),
+        "convert4": (half(4), a4),
+        "convert2": (nt.Array(f, 2, "A"), a2),
+        "convert1": (half(1), a1),
+        "sample_cells": (a4, geo, i1, i1),
         "exclusive_scan": (i1, i1),
         "place_samples": (i1, i1, i1, i1),
         "sort_buckets": (i1, i1),
-        "gather_input_gradient": (a4, a4, flag, a2, i64, i64, geo, i1, i1, a4),
+        "gather_input_gradient": (a4, a4, flag, a3, geo, i1, i1, a4),
     }
     table = {name: (KERNELS[name].py_func, sig) for name, sig in types.items()}
     table["gemm_kernel"] = (GEMM_KERNELS[np.dtype(dtype)].py_func,
