@@ -29,7 +29,7 @@ from .launch import launch, launch_blocks
 from .memory import empty
 from .probe import cuda
 from .settings import MAX_THREADS
-from .sampling import locate, sample_index, scatter_corners, tap_sample
+from .sampling import locate, sample, sample_count, scatter_corners, tap_sample, unravel
 
 # Cell index: (b*D + d)*(H+1)*(W+1) + (y0+1)*(W+1) + (x0+1).
 
@@ -39,10 +39,8 @@ def sample_cells(offset, geo, cell_of, counts):
     """cell_of[t] = the cell of sample t (-1 if it touches no pixel); counts[cell] += 1."""
     H, W = geo.height, geo.width
     cells = (H + 1) * (W + 1)
-    n = geo.batch * geo.offset_groups * geo.taps * geo.out_pixels
-    for t in range(cuda.grid(1), n, cuda.gridsize(1)):
-        b, d, k, p = sample_index(t, geo)
-        kk, oy, ox, y, x, _ = tap_sample(offset, offset, False, b, d, k, p, geo)
+    for t in range(cuda.grid(1), sample_count(geo), cuda.gridsize(1)):
+        b, d, k, p, kk, oy, ox, y, x, _ = sample(t, offset, offset, False, geo)
         active, y0, x0, ly, lx = locate(y, x, H, W, False)
         if active and y0 >= -1 and x0 >= -1:      # NaN points are active but touch nothing
             cell = (b * geo.offset_groups + d) * cells + (y0 + 1) * (W + 1) + (x0 + 1)
@@ -124,14 +122,8 @@ def gather_input_gradient(offset, mask, has_mask, grad_columns, geo, starts, ord
     H, W, K, P = geo.height, geo.width, geo.taps, geo.out_pixels
     D, Cd = geo.offset_groups, geo.in_per_offset_group
     cells = (H + 1) * (W + 1)
-    n = geo.batch * D * H * W
-    for t in range(cuda.grid(1), n, cuda.gridsize(1)):
-        ix = t % W
-        r = t // W
-        iy = r % H
-        r = r // H
-        d = r % D
-        b = r // D
+    for t in range(cuda.grid(1), geo.batch * D * H * W, cuda.gridsize(1)):
+        b, d, iy, ix = unravel(t, D, H, W)
         base = (b * D + d) * cells
         for corner in range(4):
             a = corner // 2

@@ -12,8 +12,8 @@ grid-stride, so any launch configuration computes the same result.
 import numpy as np
 
 from .probe import cuda
-from .sampling import (corners, interpolate, interpolate_gradient, locate, sample_index,
-                       scatter_corners, in_image, tap_sample)
+from .sampling import (corners, in_image, interpolate, interpolate_gradient, locate, sample,
+                       sample_count, scatter_corners, unravel)
 from .settings import REDUCE_LANES
 from ... import bilinear
 
@@ -28,10 +28,8 @@ def im2col(input, offset, mask, has_mask, columns, geo):
     channels of its offset group (the corner weights are loop-invariant).
     """
     H, W, K = geo.height, geo.width, geo.taps
-    n = geo.batch * geo.offset_groups * K * geo.out_pixels
-    for t in range(cuda.grid(1), n, cuda.gridsize(1)):
-        b, d, k, p = sample_index(t, geo)
-        kk, oy, ox, y, x, m = tap_sample(offset, mask, has_mask, b, d, k, p, geo)
+    for t in range(cuda.grid(1), sample_count(geo), cuda.gridsize(1)):
+        b, d, k, p, kk, oy, ox, y, x, m = sample(t, offset, mask, has_mask, geo)
         active, y0, x0, ly, lx = locate(y, x, H, W, False)
         for ci in range(geo.in_per_offset_group):
             c = d * geo.in_per_offset_group + ci
@@ -52,10 +50,8 @@ def scatter_input_gradient(offset, mask, has_mask, grad_columns, geo, grad_input
     depends on the scheduling: not bitwise reproducible (see :mod:`.gather`).
     """
     H, W, K = geo.height, geo.width, geo.taps
-    n = geo.batch * geo.offset_groups * K * geo.out_pixels
-    for t in range(cuda.grid(1), n, cuda.gridsize(1)):
-        b, d, k, p = sample_index(t, geo)
-        kk, oy, ox, y, x, m = tap_sample(offset, mask, has_mask, b, d, k, p, geo)
+    for t in range(cuda.grid(1), sample_count(geo), cuda.gridsize(1)):
+        b, d, k, p, kk, oy, ox, y, x, m = sample(t, offset, mask, has_mask, geo)
         active, y0, x0, ly, lx = locate(y, x, H, W, False)
         if not active:
             continue
@@ -83,10 +79,8 @@ def coordinate_gradients(input, offset, mask, has_mask, grad_columns, geo, conve
     """
     H, W, K = geo.height, geo.width, geo.taps
     closed = convention == _TORCHVISION
-    n = geo.batch * geo.offset_groups * K * geo.out_pixels
-    for t in range(cuda.grid(1), n, cuda.gridsize(1)):
-        b, d, k, p = sample_index(t, geo)
-        kk, oy, ox, y, x, m = tap_sample(offset, mask, has_mask, b, d, k, p, geo)
+    for t in range(cuda.grid(1), sample_count(geo), cuda.gridsize(1)):
+        b, d, k, p, kk, oy, ox, y, x, m = sample(t, offset, mask, has_mask, geo)
         # The gradient rule may also admit the lines y = -1 / x = -1; where the
         # forward rule admits the point too, both give the same corner and fractions.
         active, y0, x0, ly, lx = locate(y, x, H, W, closed)
@@ -164,14 +158,8 @@ def fill(array, value):
 def convert4(src, dst):
     """dst[...] = src[...] for 4-D arrays of any strides and dtypes."""
     n0, n1, n2, n3 = dst.shape
-    n = n0 * n1 * n2 * n3
-    for t in range(cuda.grid(1), n, cuda.gridsize(1)):
-        i3 = t % n3
-        r = t // n3
-        i2 = r % n2
-        r = r // n2
-        i1 = r % n1
-        i0 = r // n1
+    for t in range(cuda.grid(1), n0 * n1 * n2 * n3, cuda.gridsize(1)):
+        i0, i1, i2, i3 = unravel(t, n1, n2, n3)
         dst[i0, i1, i2, i3] = src[i0, i1, i2, i3]
 
 

@@ -34,13 +34,19 @@ scatter_corners = DEVICE_FUNCTIONS["scatter_corners"]
 
 
 @cuda.jit(device=True)
-def sample_index(t, geo):
-    """Sample index ``t`` -> (image in the block ``bl``, offset group ``d``, tap ``k``, pixel ``p``)."""
-    p = t % geo.out_pixels
-    r = t // geo.out_pixels
-    k = r % geo.taps
-    r = r // geo.taps
-    return r // geo.offset_groups, r % geo.offset_groups, k, p
+def unravel(t, n1, n2, n3):
+    """Flat index ``t`` of a C-ordered ``(n0, n1, n2, n3)`` array -> ``(i0, i1, i2, i3)``."""
+    i3 = t % n3
+    r = t // n3
+    i2 = r % n2
+    r = r // n2
+    return r // n1, r % n1, i2, i3
+
+
+@cuda.jit(device=True)
+def sample_count(geo):
+    """Samples of a tile: images x offset groups x taps x output pixels."""
+    return geo.batch * geo.offset_groups * geo.taps * geo.out_pixels
 
 
 @cuda.jit(device=True)
@@ -62,3 +68,12 @@ def tap_sample(offset, mask, has_mask, b, d, k, p, geo):
                        float(offset[b, 2 * kk + 1, oy, ox]))
     m = float(mask[b, kk, oy, ox]) if has_mask else 1.0
     return kk, oy, ox, y, x, m
+
+
+@cuda.jit(device=True)
+def sample(t, offset, mask, has_mask, geo):
+    """Sample ``t`` (image ``b``, offset group ``d``, tap ``k``, output pixel ``p``, ``p``
+    fastest) and where it samples: ``(b, d, k, p, kk, oy, ox, y, x, m)`` (see :func:`tap_sample`)."""
+    b, d, k, p = unravel(t, geo.offset_groups, geo.taps, geo.out_pixels)
+    kk, oy, ox, y, x, m = tap_sample(offset, mask, has_mask, b, d, k, p, geo)
+    return b, d, k, p, kk, oy, ox, y, x, m
