@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import refdcn
-from refdcn import backends
+from refdcn import backends, driver
 from refdcn.geometry import check_arguments
 from refdcn.testing import compare, make_case, reference_results
 from refdcn.tolerances import gamma, relative_error
@@ -109,19 +109,39 @@ def test_dcn_v1_without_bias_one_group_three_offset_groups():
     assert_agrees(actual, case, np.float32, "torchvision")
 
 
-def test_blocks_of_images(monkeypatch):
-    """Columns for 2 images per block: blocks of 2 + 1 images (transposed grad_output,
-    grad_weight accumulated across blocks)."""
+def run_with_bound(case, nbytes):
+    refdcn.set_column_memory(nbytes)
+    try:
+        return run(case)
+    finally:
+        refdcn.set_column_memory(None)
+
+
+def test_tiles_of_the_driver_on_the_device(monkeypatch):
+    """The driver's device path: blocks of 1, 2 and 3 images are bitwise identical
+    (deterministic mode: per-image GEMMs, weight gradient accumulated in batch order), and
+    images split into ranges of 2 output rows (row slices copied contiguous on the device,
+    the last range shorter, strided stores of output and offset/mask gradients, input
+    gradient accumulated over ranges) agree with the reference.  The simulator's cut of
+    ``tests/test_backends.py``'s tile tests, which it is too slow to run in full."""
+    monkeypatch.setattr(settings, "DETERMINISTIC", True)
     case = make_case(seed=7, batch=3, dtype=np.float64, **{k: v for k, v in FULL.items()
                                                            if k != "batch"})
     geom = check_arguments(*case.args())
-    per_image = geom.in_channels * geom.taps * geom.out_pixels * 8
-    refdcn.set_column_memory(2 * per_image)
-    try:
-        assert len(refdcn.driver.plan(geom, 8)) == 2
-        assert_agrees(run(case), case, np.float64, "torchvision")
-    finally:
-        refdcn.set_column_memory(None)
+    row = geom.in_channels * geom.taps * geom.out_w * 8
+    per_image = row * geom.out_h
+    assert [len(driver.plan(geom, 8, 1.0, n * per_image)) for n in (1, 2, 3)] == [3, 2, 1]
+    results = [run_with_bound(case, n * per_image) for n in (1, 2, 3)]
+    for other in results[1:]:
+        for q in results[0]:
+            if results[0][q] is not None:
+                np.testing.assert_array_equal(results[0][q], other[q], err_msg=q)
+    assert_agrees(results[0], case, np.float64, "torchvision")
+
+    monkeypatch.setattr(driver, "TILE_COLUMN_BYTES", 2 * row)
+    tiles = driver.plan(geom, 8)
+    assert geom.out_h == 3 and [t.row1 - t.row0 for t in tiles] == [2, 1] * 3
+    assert_agrees(run(case), case, np.float64, "torchvision")
 
 
 @pytest.mark.parametrize("convention", ["torchvision", "mmcv"])
@@ -342,7 +362,7 @@ def test_unavailable_without_gpu_or_simulator():
     if not cb.SIMULATED:
         pytest.skip("there is a GPU here")
     proc = _python("""
-        from refdcn import backends
+        from refdcn import backends, driver
         try:
             backends.get("cuda")
         except backends.BackendUnavailable as exc:
@@ -356,7 +376,7 @@ def test_unavailable_without_numba_cuda():
     proc = _python("""
         import sys
         sys.modules["numba_cuda"] = None          # as if numba-cuda were not installed
-        from refdcn import backends
+        from refdcn import backends, driver
         try:
             backends.get("cuda")
         except backends.BackendUnavailable as exc:
