@@ -6,6 +6,8 @@ and dilation.  float64 must agree to ``FLOAT64_RTOL``; float32 must stay within 
 derived element-wise bounds of :mod:`refdcn.tolerances`, for both conventions.
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -30,7 +32,8 @@ EVERY_DTYPE = [pytest.param(b, dt, id=f"{b}-{np.dtype(dt)}") for b in EVERY
                for dt in (np.float64, np.float32)
                if dt == np.float64 or not backends.capabilities(b).simulated]
 BLOCKED = [b for b in BACKENDS if backends.capabilities(b).blocked]
-DETERMINISTIC = [b for b in BACKENDS if backends.capabilities(b).deterministic]
+DETERMINISTIC = [b for b in BACKENDS if backends.capabilities(b).deterministic
+                 or backends.capabilities(b).deterministic_option]
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -72,10 +75,27 @@ def test_border_heavy_cases(backend, dtype):
             assert_agrees(case, backend, dtype, convention)
 
 
+@contextlib.contextmanager
+def reproducible(backend):
+    """The backend's bitwise-reproducible mode where it is not the default
+    (``Capabilities.deterministic_option``: the module's ``set_deterministic``)."""
+    caps = backends.capabilities(backend)
+    if caps.deterministic or not caps.deterministic_option:
+        yield
+        return
+    module = backends.get(backend)
+    previous = module.set_deterministic(True)
+    try:
+        yield
+    finally:
+        module.set_deterministic(previous)
+
+
 def run_with_bound(case, backend, nbytes, convention="torchvision"):
     refdcn.set_column_memory(nbytes)
     try:
-        return run(case, backend, convention)
+        with reproducible(backend):
+            return run(case, backend, convention)
     finally:
         refdcn.set_column_memory(None)
 
@@ -144,8 +164,9 @@ def test_images_split_into_row_ranges(backend, dtype, monkeypatch):
 def test_deterministic_run_to_run(backend):
     case = make_case(seed=13, batch=3, in_channels=4, out_channels=4, height=7, width=6,
                      kernel=(2, 3), padding=1, groups=1, offset_groups=2, offsets="integer")
-    a = run(case, backend, "torchvision")
-    b = run(case, backend, "torchvision")
+    with reproducible(backend):
+        a = run(case, backend, "torchvision")
+        b = run(case, backend, "torchvision")
     for q in a:
         np.testing.assert_array_equal(a[q], b[q])
 

@@ -55,7 +55,8 @@ class Capabilities:
         Bitwise identical results run to run in the default mode.
     deterministic_option : bool
         Has a slower bitwise-deterministic mode for what is not deterministic
-        by default.
+        by default, switched by the module's ``set_deterministic(flag)``
+        (which returns the previous flag).
     threads : bool
         Runs its kernels on several CPU threads.
     """

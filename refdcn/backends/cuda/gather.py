@@ -120,7 +120,7 @@ def gather_input_gradient(offset, mask, has_mask, grad_columns, geo, starts, ord
     index: a fixed order.
     """
     H, W, K, P = geo.height, geo.width, geo.taps, geo.out_pixels
-    D, Cd = geo.offset_groups, geo.in_per_offset_group
+    D = geo.offset_groups
     cells = (H + 1) * (W + 1)
     for t in range(cuda.grid(1), geo.batch * D * H * W, cuda.gridsize(1)):
         b, d, iy, ix = unravel(t, D, H, W)
@@ -136,8 +136,8 @@ def gather_input_gradient(offset, mask, has_mask, grad_columns, geo, starts, ord
                 kk, oy, ox, y, x, m = tap_sample(offset, mask, has_mask, b, d, k, p, geo)
                 active, y0, x0, ly, lx = locate(y, x, H, W, False)
                 weight = scatter_corners(y0, x0, ly, lx)[corner][2]
-                for ci in range(Cd):
-                    c = d * Cd + ci
+                for ci in range(geo.in_per_offset_group):
+                    c = d * geo.in_per_offset_group + ci
                     gm = float(grad_columns[b, c * K + k, p]) * m
                     grad_input[b, c, iy, ix] += gm * weight
 

@@ -37,6 +37,13 @@ TILE = GEMM_THREADS * GEMM_PER_THREAD
 
 
 def set_deterministic(flag=True):
-    """Choose the deterministic gather (True) or the atomic scatter (False) for grad_input."""
+    """Choose the deterministic gather (True) or the atomic scatter (False) for grad_input.
+
+    Returns
+    -------
+    bool
+        The previous setting (to restore it).
+    """
     global DETERMINISTIC
-    DETERMINISTIC = bool(flag)
+    previous, DETERMINISTIC = DETERMINISTIC, bool(flag)
+    return previous
