@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU check of the "cuda" backend: its tests on the real device, then the GPU benchmark
-# (refdcn beside torchvision's CUDA op, same run).  One command, a few minutes:
+# GPU check of the "cuda" backend (refdcn/backends/cuda/): its tests on the real device, then the
+# GPU benchmark (refdcn beside torchvision's CUDA op, same run).  One command, a few minutes:
 #
 #     bash scripts/gpu_check.sh            # tests + benchmark on all default shapes
 #     bash scripts/gpu_check.sh --quick    # tests + benchmark on the three GPU shapes only
@@ -62,10 +62,18 @@ print("refdcn backends:", backends.available(), backends.unavailable().get("cuda
 EOF
 } 2>&1 | tee "$LOG/env.txt"
 
-echo "== tests/test_cuda.py on the device" | tee "$LOG/test_cuda.log"
+echo "== tests/test_cuda.py, and the one backend suite for cuda, on the device" \
+    | tee "$LOG/test_cuda.log"
 timeout 420 "$PY" -m pytest tests/test_cuda.py -q -p no:cacheprovider -rs --durations=10 2>&1 \
     | tee -a "$LOG/test_cuda.log"
 rc_tests=${PIPESTATUS[0]}
+# the parametrised suite skips the simulator (too slow); on a GPU it runs the cuda backend too
+timeout 420 "$PY" -m pytest tests/test_backends.py -q -p no:cacheprovider -rs -k cuda 2>&1 \
+    | tee -a "$LOG/test_cuda.log"
+rc_suite=${PIPESTATUS[0]}
+if [ "$rc_tests" -eq 0 ] && [ "$rc_suite" -ne 0 ]; then
+    rc_tests=$rc_suite
+fi
 
 echo "== GPU benchmark" | tee "$LOG/bench.log"
 timeout 480 "$PY" -m refdcn.benchmarks.gpu "$@" 2>&1 | tee -a "$LOG/bench.log"
