@@ -128,18 +128,17 @@ def test_tiles_of_the_driver_on_the_device(monkeypatch):
     case = make_case(seed=7, batch=3, dtype=np.float64, **{k: v for k, v in FULL.items()
                                                            if k != "batch"})
     geom = check_arguments(*case.args())
-    row = geom.in_channels * geom.taps * geom.out_w * 8
-    per_image = row * geom.out_h
-    assert [len(driver.plan(geom, 8, 1.0, n * per_image)) for n in (1, 2, 3)] == [3, 2, 1]
-    results = [run_with_bound(case, n * per_image) for n in (1, 2, 3)]
+    bounds = [cb.KERNELS.tile_bytes(geom.with_batch(n), 8) for n in (1, 2, 3)]
+    assert [len(driver.plan(cb.KERNELS, geom, 8, b)) for b in bounds] == [3, 2, 1]
+    results = [run_with_bound(case, b) for b in bounds]
     for other in results[1:]:
         for q in results[0]:
             if results[0][q] is not None:
                 np.testing.assert_array_equal(results[0][q], other[q], err_msg=q)
     assert_agrees(results[0], case, np.float64, "torchvision")
 
-    monkeypatch.setattr(driver, "TILE_COLUMN_BYTES", 2 * row)
-    tiles = driver.plan(geom, 8)
+    monkeypatch.setattr(driver, "TILE_COLUMN_BYTES", 2 * geom.in_channels * geom.taps * geom.out_w * 8)
+    tiles = driver.plan(cb.KERNELS, geom, 8)
     assert geom.out_h == 3 and [t.row1 - t.row0 for t in tiles] == [2, 1] * 3
     assert_agrees(run(case), case, np.float64, "torchvision")
 
