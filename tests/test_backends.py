@@ -34,8 +34,6 @@ EVERY_DTYPE = [pytest.param(b, dt, id=f"{b}-{np.dtype(dt)}") for b in EVERY
 BLOCKED = [b for b in BACKENDS if backends.capabilities(b).blocked]
 DETERMINISTIC = [b for b in BACKENDS if backends.capabilities(b).deterministic
                  or backends.capabilities(b).deterministic_option]
-#: every backend but the oracle, the CUDA simulator included: for the cheapest fixed case
-WITH_SIMULATED = [b for b in backends.available() if not backends.capabilities(b).oracle]
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -175,7 +173,7 @@ def test_deterministic_run_to_run(backend):
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
-@pytest.mark.parametrize("backend", WITH_SIMULATED)
+@pytest.mark.parametrize("backend", EVERY)
 def test_non_finite_and_huge_offsets(backend):
     """Offsets of +-inf, NaN, 1e6..1e300, +-2^31, +-2^63 and inf/NaN masks: the same documented
     behaviour as the loop reference (NaN in the same places, the rest within tolerance)."""

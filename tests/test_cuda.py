@@ -1,4 +1,12 @@
-"""The "cuda" backend (numba-cuda) against the loop reference.
+"""What is specific to the "cuda" backend (refdcn/backends/cuda/).
+
+The generic tests (agreement, tiles, determinism, non-finite inputs) are in
+tests/test_backends.py, parametrised over the registry; on the simulator only
+its fixed cases run the cuda backend (it is too slow for the property-based
+ones), on a GPU all of them do (scripts/gpu_check.sh).  Here: agreement with
+each GEMM engine, the driver's device path (tiles, row ranges), the
+deterministic gather, per-call buffers under interleaved calls, device-array
+interop, the GEMM kernel, availability messages and PTX compilation.
 
 Without a GPU these tests run on Numba's CUDA simulator (tests/conftest.py sets
 ``NUMBA_ENABLE_CUDASIM=1`` when there is no GPU); with a GPU they run on the
@@ -98,15 +106,6 @@ def test_conventions_differ_on_this_case():
     tv = reference_results(case, "torchvision")["offset"]
     mm = reference_results(case, "mmcv")["offset"]
     assert relative_error(mm, tv) > 1e-3
-
-
-def test_dcn_v1_without_bias_one_group_three_offset_groups():
-    case = make_case(seed=5, batch=1, in_channels=3, out_channels=2, height=4, width=5,
-                     kernel=(2, 3), stride=1, padding=1, dilation=1, groups=1,
-                     offset_groups=3, modulated=False, bias=False, dtype=np.float32)
-    actual = run(case)
-    assert actual["mask"] is None and actual["bias"] is None
-    assert_agrees(actual, case, np.float32, "torchvision")
 
 
 def run_with_bound(case, nbytes):
