@@ -136,7 +136,8 @@ def test_tiles_of_the_driver_on_the_device(monkeypatch):
                 np.testing.assert_array_equal(results[0][q], other[q], err_msg=q)
     assert_agrees(results[0], case, np.float64, "torchvision")
 
-    monkeypatch.setattr(driver, "TILE_COLUMN_BYTES", 2 * geom.in_channels * geom.taps * geom.out_w * 8)
+    row = geom.in_channels * geom.taps * geom.out_w * 8
+    monkeypatch.setattr(driver, "TILE_COLUMN_BYTES", 2 * row)      # ranges of 2 rows
     tiles = driver.plan(cb.KERNELS, geom, 8)
     assert geom.out_h == 3 and [t.row1 - t.row0 for t in tiles] == [2, 1] * 3
     assert_agrees(run(case), case, np.float64, "torchvision")

@@ -108,12 +108,8 @@ def _coordinate_gradients(grad_columns, input, offset, mask, geom, convention, g
 
 
 def _workspace(geom, itemsize):
-    """Bytes the kernels hold per tile besides the columns: the deterministic gather's
-    buckets (cell and order of every sample, count and start of every cell; int64)."""
-    if not settings.DETERMINISTIC:
-        return 0
-    cells = geom.batch * geom.offset_groups * (geom.height + 1) * (geom.width + 1)
-    return 8 * (2 * _samples(geom) + 2 * cells + 1)
+    """Bytes the kernels hold per tile besides the columns (the deterministic gather's)."""
+    return gather.workspace_bytes(geom) if settings.DETERMINISTIC else 0
 
 
 def _add_bias(out, bias):
@@ -133,8 +129,9 @@ def _bias_gradient(grad_output):
 #: input gradient accumulates into ``grad_input``).
 KERNELS = driver.KernelSet(
     _im2col, _col2im, _coordinate_gradients, layout="rows", col2im_accumulates=True,
-    workspace=_workspace, empty=memory.empty, zeros=memory.zeros, matmul=matmul, contiguous=memory.contiguous,
-    assign=memory.assign, add_bias=_add_bias, bias_gradient=_bias_gradient)
+    workspace=_workspace, empty=memory.empty, zeros=memory.zeros, matmul=matmul,
+    contiguous=memory.contiguous, assign=memory.assign, add_bias=_add_bias,
+    bias_gradient=_bias_gradient)
 
 
 # --------------------------------------------------------------------------- the backend protocol

@@ -142,6 +142,20 @@ def gather_input_gradient(offset, mask, has_mask, grad_columns, geo, starts, ord
                     grad_input[b, c, iy, ix] += gm * weight
 
 
+def bucket_sizes(geom):
+    """``(samples, cells)`` of a tile (a :class:`~refdcn.geometry.Geometry` or its record)."""
+    samples = geom.batch * geom.offset_groups * geom.taps * geom.out_pixels
+    cells = geom.batch * geom.offset_groups * (geom.height + 1) * (geom.width + 1)
+    return samples, cells
+
+
+def workspace_bytes(geom):
+    """Bytes of the buckets of a tile: cell and order of every sample, count and start
+    of every cell (int64)."""
+    samples, cells = bucket_sizes(geom)
+    return 8 * (2 * samples + 2 * cells + 1)
+
+
 def input_gradient(offset, mask, has_mask, grad_columns, geo, grad_input):
     """Add the input gradient of a tile to ``grad_input`` in a fixed order (the steps above).
 
@@ -149,8 +163,7 @@ def input_gradient(offset, mask, has_mask, grad_columns, geo, grad_input):
     call (nothing is shared between calls).
     """
     i64 = np.dtype(np.int64)
-    samples = geo.batch * geo.offset_groups * geo.taps * geo.out_pixels
-    cells = geo.batch * geo.offset_groups * (geo.height + 1) * (geo.width + 1)
+    samples, cells = bucket_sizes(geo)
     cell_of = empty((samples,), i64)
     counts = empty((cells,), i64)
     starts = empty((cells + 1,), i64)

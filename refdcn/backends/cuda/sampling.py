@@ -73,7 +73,8 @@ def tap_sample(offset, mask, has_mask, b, d, k, p, geo):
 @cuda.jit(device=True)
 def sample(t, offset, mask, has_mask, geo):
     """Sample ``t`` (image ``b``, offset group ``d``, tap ``k``, output pixel ``p``, ``p``
-    fastest) and where it samples: ``(b, d, k, p, kk, oy, ox, y, x, m)`` (see :func:`tap_sample`)."""
+    fastest) and where it samples: ``(b, d, k, p, kk, oy, ox, y, x, m)``
+    (see :func:`tap_sample`)."""
     b, d, k, p = unravel(t, geo.offset_groups, geo.taps, geo.out_pixels)
     kk, oy, ox, y, x, m = tap_sample(offset, mask, has_mask, b, d, k, p, geo)
     return b, d, k, p, kk, oy, ox, y, x, m
