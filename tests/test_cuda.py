@@ -143,6 +143,36 @@ def test_tiles_of_the_driver_on_the_device(monkeypatch):
     assert_agrees(run(case), case, np.float64, "torchvision")
 
 
+def test_every_array_the_driver_hands_over_is_on_the_device(monkeypatch):
+    """The driver's buffers come from the kernel set's device hooks (the simulator would
+    also run kernels on host arrays, a GPU would copy them in and out at every launch and
+    cuBLAS would write into a copy): every array argument of every kernel and matrix
+    product is a device array, whole images and row ranges, forward and backward."""
+    seen = []
+
+    def checked(name, hook):
+        def call(*args, **kwargs):
+            arrays = [a for a in args if hasattr(a, "shape")]
+            seen.append(name)
+            assert all(isinstance(a, probe.DeviceArray) for a in arrays), (
+                name, [type(a).__name__ for a in arrays])
+            return hook(*args, **kwargs)
+        return call
+    kernels = cb.KERNELS
+    monkeypatch.setattr(cb, "KERNELS", dataclasses.replace(kernels, **{
+        name: checked(name, getattr(kernels, name)) for name in (
+            "im2col", "col2im", "coordinate_gradients", "matmul", "assign", "add_bias",
+            "bias_gradient")}))
+    case = make_case(seed=31, dtype=np.float32, **FULL)
+    geom = check_arguments(*case.args())
+    for fixed_rows in (geom.out_h, 2):
+        monkeypatch.setattr(driver, "TILE_COLUMN_BYTES",
+                            fixed_rows * geom.in_channels * geom.taps * geom.out_w * 4)
+        assert_agrees(run(case), case, np.float32, "torchvision")
+    assert {"im2col", "col2im", "coordinate_gradients", "matmul", "assign", "add_bias",
+            "bias_gradient"} <= set(seen)
+
+
 @pytest.mark.parametrize("convention", ["torchvision", "mmcv"])
 def test_deterministic_mode(convention, monkeypatch):
     monkeypatch.setattr(settings, "DETERMINISTIC", True)

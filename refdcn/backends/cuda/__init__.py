@@ -129,7 +129,8 @@ def _bias_gradient(grad_output):
 #: input gradient accumulates into ``grad_input``).
 KERNELS = driver.KernelSet(
     _im2col, _col2im, _coordinate_gradients, layout="rows", col2im_accumulates=True,
-    workspace=_workspace, empty=memory.empty, zeros=memory.zeros, matmul=matmul,
+    workspace=_workspace, empty=memory.empty, zeros=memory.zeros,
+    column_buffer=memory.column_buffer, matmul=matmul,
     contiguous=memory.contiguous, assign=memory.assign, add_bias=_add_bias,
     bias_gradient=_bias_gradient)
 

@@ -27,6 +27,11 @@ def empty(shape, dtype):
     return cuda.device_array(shape, dtype)
 
 
+def column_buffer(size, dtype):
+    """The driver's 1-D column buffer, on the device (one per call)."""
+    return empty((size,), dtype)
+
+
 def zeros(shape, dtype):
     """A new device array of zeros."""
     arr = empty(shape, dtype)
