@@ -436,6 +436,7 @@ for name, f in (("float32", nt.float32), ("float64", nt.float64)):
         "pixel": (plane, i64, i64, i64, i64),
         "corners": (plane, i64, i64, i64, i64),
         "corner_weights": (f, f),
+        "weighted_sum": (f, f, f, f, d, d, d, d),
         "scatter_corners": (i64, i64, d, d),
         "interpolate": (f, f, f, f, d, d),
         "interpolate_gradient": (f, f, f, f, d, d),
@@ -460,8 +461,8 @@ print(json.dumps(result))
 """
 
 DEVICE_NAMES = ["sampling_point", "locate", "in_image", "pixel", "corners", "corner_weights",
-                "scatter_corners", "interpolate", "interpolate_gradient", "bilinear_sample",
-                "bilinear_gradient"]
+                "weighted_sum", "scatter_corners", "interpolate", "interpolate_gradient",
+                "bilinear_sample", "bilinear_gradient"]
 KERNEL_NAMES = sorted(signatures.KERNELS) + ["gemm_kernel"]
 
 

@@ -12,8 +12,8 @@ grid-stride, so any launch configuration computes the same result.
 import numpy as np
 
 from .probe import cuda
-from .sampling import (corners, in_image, interpolate, interpolate_gradient, locate, sample,
-                       sample_count, scatter_corners, unravel)
+from .sampling import (corner_weights, corners, in_image, interpolate, interpolate_gradient,
+                       locate, sample, sample_count, scatter_corners, unravel, weighted_sum)
 from .settings import REDUCE_LANES
 from ... import bilinear
 
@@ -24,19 +24,20 @@ _TORCHVISION = bilinear.BORDER_TORCHVISION
 def im2col(input, offset, mask, has_mask, columns, geo):
     """columns[b, c*K + k, p] = m * S(input[b, c], y, x)  (shape (B, C_in*K, P)).
 
-    One thread per sample: one ``locate`` per sample, then a loop over the
-    channels of its offset group (the corner weights are loop-invariant).
+    One thread per sample: one ``locate`` and one ``corner_weights`` per
+    sample, then a loop over the channels of its offset group (``weighted_sum``).
     """
     H, W, K = geo.height, geo.width, geo.taps
     for t in range(cuda.grid(1), sample_count(geo), cuda.gridsize(1)):
         b, d, k, p, kk, oy, ox, y, x, m = sample(t, offset, mask, has_mask, geo)
         active, y0, x0, ly, lx = locate(y, x, H, W, False)
+        w00, w01, w10, w11 = corner_weights(ly, lx)     # the same for every channel
         for ci in range(geo.in_per_offset_group):
             c = d * geo.in_per_offset_group + ci
             s = 0.0
             if active:
                 v00, v01, v10, v11 = corners(input[b, c], y0, x0, H, W)
-                s = interpolate(v00, v01, v10, v11, ly, lx)
+                s = weighted_sum(v00, v01, v10, v11, w00, w01, w10, w11)
             columns[b, c * K + k, p] = m * s
 
 

@@ -18,8 +18,8 @@ from .._shared_math import compile_bilinear
 
 #: The functions of :mod:`refdcn.bilinear` compiled as device functions (callees first).
 SHARED = ("sampling_point", "locate", "in_image", "pixel", "corners", "corner_weights",
-          "interpolate", "interpolate_gradient", "scatter_corners", "bilinear_sample",
-          "bilinear_gradient")
+          "weighted_sum", "interpolate", "interpolate_gradient", "scatter_corners",
+          "bilinear_sample", "bilinear_gradient")
 
 #: name -> the Python function (bilinear's code object) compiled as a device function.
 DEVICE_SOURCES, DEVICE_FUNCTIONS = compile_bilinear(cuda.jit(device=True), SHARED)
@@ -28,6 +28,7 @@ locate = DEVICE_FUNCTIONS["locate"]
 in_image = DEVICE_FUNCTIONS["in_image"]
 corners = DEVICE_FUNCTIONS["corners"]
 corner_weights = DEVICE_FUNCTIONS["corner_weights"]
+weighted_sum = DEVICE_FUNCTIONS["weighted_sum"]
 interpolate = DEVICE_FUNCTIONS["interpolate"]
 interpolate_gradient = DEVICE_FUNCTIONS["interpolate_gradient"]
 scatter_corners = DEVICE_FUNCTIONS["scatter_corners"]
