@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module of :mod:`refdcn.commands`, which
 provides ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
-Exit codes: 0 success, 1 a check failed, 2 a usage error (argparse's convention).
+Exit codes: 0 success, 1 a check failed, 2 a usage error (argparse's convention),
+3 a data error (a malformed input file: ``refdcn vectors check``).
 User mistakes print one clear line on stderr, never a traceback.
 """
 
@@ -25,6 +26,10 @@ COMMANDS = {
 
 class UsageError(Exception):
     """A mistake in how a command was called: reported in one line, exit status 2."""
+
+
+class DataError(Exception):
+    """A malformed input file (not a mistake in the call): one line, exit status 3."""
 
 
 def build_parser():
@@ -56,6 +61,9 @@ def main(argv=None):
     except UsageError as exc:
         print(f"refdcn {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except DataError as exc:
+        print(f"refdcn {args.command}: data error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

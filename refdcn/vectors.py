@@ -42,7 +42,14 @@ from .testing import Case, reference_results
 from .tolerances import FLOAT64_RTOL, float32_bounds
 
 __all__ = ["export", "load_manifest", "load_case", "load_outputs", "check", "MANIFEST",
-           "FORMAT"]
+           "FORMAT", "DataError"]
+
+
+class DataError(ValueError):
+    """A file of the golden vectors or of the outputs is malformed (one-line message).
+
+    ``refdcn vectors check`` exits with status 3 on it.
+    """
 
 MANIFEST = "manifest.json"
 FORMAT = "refdcn-golden-vectors"
@@ -230,21 +237,57 @@ def load_manifest(directory):
     except FileNotFoundError:
         raise ValueError(f"{directory!r} has no {MANIFEST}: not a directory written by "
                          f"'refdcn vectors export'") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a refdcn golden-vector manifest")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{path} is not a refdcn golden-vector manifest")
+    cases = manifest.get("cases")
+    if not isinstance(cases, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("name"), str) and
+            isinstance(e.get("file"), str) and isinstance(e.get("attributes"), dict)
+            for e in cases):
+        raise DataError(f"{path}: 'cases' must be a list of entries with a name, a file and "
+                        f"attributes")
     return manifest
 
 
+def _read_npz(path, what):
+    """``{key: array}`` of an ``.npz`` file; DataError (one line) if it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise ValueError("an .npy array, not an .npz archive")
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist") from None
+    except Exception as exc:           # noqa: BLE001 - truncated zip, garbage, pickles...
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{what} {path} cannot be read: {first}") from None
+
+
 def load_case(directory, entry):
-    """``(case, arrays)``: the :class:`~refdcn.testing.Case` of a manifest entry, and its npz."""
-    with np.load(os.path.join(directory, entry["file"])) as data:
-        arrays = {k: data[k] for k in data.files}
+    """``(case, arrays)``: the :class:`~refdcn.testing.Case` of a manifest entry, and its npz.
+
+    Raises
+    ------
+    DataError
+        The case file is missing, unreadable or lacks an array or attribute.
+    """
+    path = os.path.join(directory, entry["file"])
+    arrays = _read_npz(path, f"case {entry['name']!r}:")
     a = entry["attributes"]
-    case = Case(arrays["input"], arrays["offset"], arrays["weight"], arrays.get("bias"),
-                arrays.get("mask"), arrays["grad_output"], stride=tuple(a["stride"]),
-                padding=tuple(a["padding"]), dilation=tuple(a["dilation"]), name=entry["name"])
+    try:
+        case = Case(arrays["input"], arrays["offset"], arrays["weight"], arrays.get("bias"),
+                    arrays.get("mask"), arrays["grad_output"], stride=tuple(a["stride"]),
+                    padding=tuple(a["padding"]), dilation=tuple(a["dilation"]),
+                    name=entry["name"])
+        check_arguments(*case.args())
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"case {entry['name']!r}: {path} is not a valid case "
+                        f"({type(exc).__name__}: {exc})") from None
+    for key in ("output", "grad_offset_torchvision", "grad_offset_mmcv"):
+        if key not in arrays:
+            raise DataError(f"case {entry['name']!r}: {path} has no {key!r}")
     return case, arrays
 
 
@@ -267,34 +310,42 @@ def load_outputs(outputs, name):
     dict ``{quantity: array}`` with quantities output, input, offset, mask,
     weight, bias (only those present), or None.
     """
-    if os.path.isfile(outputs) and outputs.endswith(".npz"):
-        with np.load(outputs) as data:
-            found = {}
-            if name in data.files:
-                found["output"] = data[name]
-            for q, keys in _OUTPUT_KEYS.items():
-                for k in keys:
-                    if f"{name}/{k}" in data.files:
-                        found[q] = data[f"{name}/{k}"]
-                        break
-            return found or None
+    if os.path.isfile(outputs):
+        data = _read_npz(outputs, "outputs file")
+        found = {}
+        if name in data:
+            found["output"] = data[name]
+        for q, keys in _OUTPUT_KEYS.items():
+            for k in keys:
+                if f"{name}/{k}" in data:
+                    found[q] = data[f"{name}/{k}"]
+                    break
+        return found or None
     npz, npy = os.path.join(outputs, f"{name}.npz"), os.path.join(outputs, f"{name}.npy")
     if os.path.exists(npz):
-        with np.load(npz) as data:
-            found = {}
-            for q, keys in _OUTPUT_KEYS.items():
-                for k in keys:
-                    if k in data.files:
-                        found[q] = data[k]
-                        break
-            return found or None
+        data = _read_npz(npz, "outputs file")
+        found = {}
+        for q, keys in _OUTPUT_KEYS.items():
+            for k in keys:
+                if k in data:
+                    found[q] = data[k]
+                    break
+        if not found:
+            raise DataError(f"outputs file {npz} has none of the keys output, grad_input, "
+                            f"grad_offset, grad_mask, grad_weight, grad_bias (it has "
+                            f"{', '.join(sorted(data)) or 'no arrays'})")
+        return found
     if os.path.exists(npy):
-        return {"output": np.load(npy)}
+        try:
+            return {"output": np.load(npy, allow_pickle=False)}
+        except Exception as exc:       # noqa: BLE001 - truncated or garbage file
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"outputs file {npy} cannot be read: {first}") from None
     return None
 
 
 def check(directory, outputs, dtype=None, convention="torchvision", rtol=None, names=None,
-          diagnose_failures=True):
+          diagnose_failures=True, allow_missing=False):
     """Compare outputs written by another program with the golden vectors.
 
     Parameters
@@ -312,11 +363,23 @@ def check(directory, outputs, dtype=None, convention="torchvision", rtol=None, n
         As ``refdcn verify --rtol``.
     names : list of str, optional
         Substrings: only cases whose name contains one of them.
+    allow_missing : bool
+        Whether cases without outputs may pass the run (they are listed either way).
 
     Returns
     -------
     refdcn.verify.runner.Report
-        Cases without any output file are reported as ``missing``.
+        Every selected case of the manifest has a row.  Cases without any output
+        file are ``missing`` (a failure unless ``allow_missing``).  A case needs
+        its output; if any case has gradients, every case needs every gradient
+        it defines (else an ERROR row, cause ``missing_quantity``).
+
+    Raises
+    ------
+    ValueError
+        No output at all, or ``outputs`` does not exist (a usage error).
+    DataError
+        A malformed manifest, case file or outputs file.
     """
     from .verify.measure import Tolerance
     from .verify.runner import CaseResult, Report, check_results
@@ -339,7 +402,7 @@ def check(directory, outputs, dtype=None, convention="torchvision", rtol=None, n
     has_grads = any(set(v) - {"output"} for v in present)
     report = Report(f"outputs in {outputs}", f"golden vectors from {directory} "
                     f"(refdcn {manifest.get('refdcn_version', '?')})", str(dtype), convention,
-                    tolerance, has_grads)
+                    tolerance, has_grads, allow_missing=allow_missing)
     prefix = "f32_" if dtype == np.float32 else ""
     for entry in entries:
         actual = found[entry["name"]]
@@ -350,10 +413,15 @@ def check(directory, outputs, dtype=None, convention="torchvision", rtol=None, n
         case, arrays = load_case(directory, entry)
         if dtype == np.float32:
             case = case.astype(np.float32)
-        expected = {"output": arrays[f"{prefix}output"],
-                    "offset": arrays[f"{prefix}grad_offset_{convention}"]}
+        try:
+            expected = {"output": arrays[f"{prefix}output"],
+                        "offset": arrays[f"{prefix}grad_offset_{convention}"]}
+        except KeyError as exc:
+            raise DataError(f"case {entry['name']!r}: {entry['file']} has no {exc}") from None
         for q in ("input", "mask", "weight", "bias"):
             expected[q] = arrays.get(f"{prefix}grad_{q}")
+        if has_grads:               # then every gradient the case defines must be there
+            actual = {q: actual.get(q) for q in ("output",) + GRADS}
         result = check_results(case, cc, actual, expected, tolerance, convention,
                                diagnose_failures=diagnose_failures)
         report.results.append(result)

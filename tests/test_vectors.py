@@ -136,7 +136,12 @@ def test_check_float32_outputs_and_missing_files(golden, tmp_path, capsys):
     status = {r.name: r.status for r in report.results}
     assert status.pop("random_5") == "missing"
     assert set(status.values()) == {"pass"}
-    assert report.exit_code() == 0
+    assert report.exit_code() == 1                  # a case that was never checked fails
+    code, out, _ = run_check([golden, outputs], capsys)
+    assert code == 1 and f"{len(CASES) - 1}/{len(CASES)} cases pass (1 missing)" in out
+    assert "missing outputs: random_5" in out
+    code, out, _ = run_check([golden, outputs, "--allow-missing"], capsys)
+    assert code == 0 and "missing outputs (allowed): random_5" in out
 
 
 def test_check_single_npz_file(golden, tmp_path):
@@ -169,3 +174,66 @@ def test_check_usage_errors(golden, tmp_path, capsys, argv, words):
 
 def test_vectors_without_action_is_a_usage_error(capsys):
     assert cli.main(["vectors"]) == 2
+
+
+def test_check_needs_every_quantity(golden, tmp_path, capsys):
+    """An .npz with only grad_weight, or without one gradient the case defines, is an error."""
+    outputs = str(tmp_path / "partial")
+    write_outputs(golden, outputs, lambda *a: refdcn.deform_conv2d(*a, backend="numpy"),
+                  gradients=True)
+    path = os.path.join(outputs, "onnx_mask_bias.npz")
+    with np.load(path) as data:
+        arrays = dict(data)
+    np.savez(path, grad_weight=arrays["grad_weight"])
+    path = os.path.join(outputs, "random_5.npz")
+    with np.load(path) as data:
+        arrays = {k: v for k, v in data.items() if k != "grad_mask"}
+    np.savez(path, **arrays)
+    report = vectors.check(golden, outputs)
+    by_name = {r.name: r for r in report.results}
+    assert by_name["onnx_mask_bias"].status == "error"
+    assert by_name["onnx_mask_bias"].cause == "missing_quantity"
+    assert by_name["onnx_mask_bias"].error.startswith("output is missing")
+    assert by_name["random_5"].status == "error" and "grad_mask is missing" in \
+        by_name["random_5"].error
+    assert report.exit_code() == 1
+
+
+def test_check_complex_outputs_are_errors(golden, tmp_path):
+    outputs = str(tmp_path / "complex")
+    write_outputs(golden, outputs, lambda *a: refdcn.deform_conv2d(*a, backend="numpy") + 0j)
+    report = vectors.check(golden, outputs, dtype="float64")
+    assert {r.status for r in report.results} == {"error"}
+    assert {r.cause for r in report.results} == {"complex_output"}
+
+
+@pytest.mark.parametrize("damage", ["truncate_output", "garbage_output", "no_case_file",
+                                    "truncate_case", "bad_manifest"])
+def test_check_malformed_files_are_data_errors(golden, tmp_path, capsys, damage):
+    import shutil
+    gold = str(tmp_path / "gold")
+    shutil.copytree(golden, gold)
+    outputs = str(tmp_path / "out")
+    write_outputs(gold, outputs, lambda *a: refdcn.deform_conv2d(*a, backend="numpy"),
+                  gradients=True)
+    target = {"truncate_output": os.path.join(outputs, "random_5.npz"),
+              "garbage_output": os.path.join(outputs, "mmcv_small.npz"),
+              "no_case_file": os.path.join(gold, entries(gold)["random_5"]["file"]),
+              "truncate_case": os.path.join(gold, entries(gold)["mmcv_small"]["file"]),
+              "bad_manifest": os.path.join(gold, vectors.MANIFEST)}[damage]
+    if damage == "no_case_file":
+        os.remove(target)
+    elif damage.startswith("garbage"):
+        with open(target, "wb") as f:
+            f.write(b"not a zip file at all")
+    elif damage == "bad_manifest":
+        with open(target, "w") as f:
+            f.write('{"format": "refdcn-golden-vectors", "cases": [')
+    else:
+        with open(target, "rb") as f:
+            data = f.read()
+        with open(target, "wb") as f:
+            f.write(data[:len(data) // 2])
+    code, out, err = run_check([gold, outputs], capsys)
+    assert code == 3, (out, err)
+    assert len(err.strip().splitlines()) == 1 and "data error" in err and "Traceback" not in err

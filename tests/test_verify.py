@@ -297,9 +297,12 @@ def test_doctests(module):
 def test_wrong_shapes_and_wrong_gradient_results_are_reported():
     report = verify(resolve("broken_impls:wrong_shape"), cases(["onnx_mask_bias"]))
     r = report.results[0]
-    assert r.status == "fail" and r.measures["output"].note == \
-        "shape (1, 1, 2, 1), expected (1, 1, 2, 2)"
-    assert "output: shape (1, 1, 2, 1), expected (1, 1, 2, 2)" in format_text(report)
+    # a shape error: named with both shapes, never as a number
+    assert r.status == "error" and r.cause == "wrong_shape"
+    assert r.error == "output has shape (1, 1, 2, 1); expected (1, 1, 2, 2)"
+    assert report.causes() == {"wrong_shape": ["onnx_mask_bias"]}
+    assert "output has shape (1, 1, 2, 1); expected (1, 1, 2, 2)" in format_text(report)
+    assert "inf" not in format_text(report)
     impl = resolve("broken_impls:correct", backward="broken_impls:four_gradients")
     r = verify(impl, cases(["onnx_mask_bias"])).results[0]
     assert r.status == "error" and "returned 4 values; expected 5" in r.error

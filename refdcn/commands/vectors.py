@@ -3,8 +3,14 @@
 ``export`` writes every conformance case as ``.npz`` + a JSON manifest, and in
 the ONNX backend-test layout (``model.onnx`` + ``test_data_set_0/*.pb``).
 ``check`` compares the outputs another program wrote (``<case>.npy`` or
-``<case>.npz``) and prints the same report as ``refdcn verify`` (exit 0 all
-pass, 1 a case fails, 2 a usage error).
+``<case>.npz``) and prints the same report as ``refdcn verify``.  Every case
+of the manifest is checked: a case without outputs is listed as missing and
+fails the run unless ``--allow-missing``; a case needs its output, and if the
+outputs have gradients, every gradient the case defines.
+
+Exit status of ``check``: 0 every case passes; 1 a case fails, errors or is
+missing; 2 a usage error (DIR or OUTPUTS wrong, no output at all); 3 a data
+error (a malformed manifest, case file or outputs file).
 """
 
 import os
@@ -31,7 +37,9 @@ def add_arguments(parser):
                                      "of DIR: OUTPUTS/<case>.npy (output) or OUTPUTS/<case>.npz "
                                      "(output, grad_input, grad_offset, grad_mask, grad_weight, "
                                      "grad_bias), or one .npz with keys <case> and "
-                                     "<case>/<key>.")
+                                     "<case>/<key>. Exit status: 0 every case passes, 1 a "
+                                     "case fails, errors or is missing, 2 a usage error, 3 a "
+                                     "malformed file.")
     chk.add_argument("directory", metavar="DIR")
     chk.add_argument("outputs", metavar="OUTPUTS")
     chk.add_argument("--dtype", choices=["auto", "float64", "float32"], default="auto",
@@ -43,12 +51,14 @@ def add_arguments(parser):
     chk.add_argument("--rtol", type=float, metavar="R",
                      help="pass when the normwise relative error <= R (default: 1e-12 for "
                           "float64, the derived float32 bounds for float32)")
+    chk.add_argument("--allow-missing", action="store_true",
+                     help="cases without outputs do not fail the run (they are still listed)")
     chk.add_argument("--json", action="store_true", help="print a JSON report")
     chk.add_argument("--verbose", action="store_true", help="describe failing cases in full")
 
 
 def run(args):
-    from ..cli import UsageError
+    from ..cli import DataError, UsageError
     from .. import vectors
     if args.action == "export":
         cases = conformance.select(args.case)
@@ -74,7 +84,10 @@ def run(args):
         try:
             report = vectors.check(args.directory, args.outputs,
                                    None if args.dtype == "auto" else args.dtype,
-                                   args.convention, args.rtol, args.case)
+                                   args.convention, args.rtol, args.case,
+                                   allow_missing=args.allow_missing)
+        except vectors.DataError as exc:
+            raise DataError(str(exc)) from None
         except (ValueError, OSError) as exc:
             raise UsageError(str(exc)) from None
         print(format_json(report) if args.json else format_text(report, args.verbose))

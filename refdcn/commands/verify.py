@@ -4,12 +4,18 @@ IMPL is ``torchvision``, ``onnxruntime``, ``onnx-reference``, ``mmcv``, a refdcn
 backend (``refdcn:numpy`` or just ``numpy``), or ``package.module:function`` with
 torchvision's signature on NumPy arrays.  Prints one row per case and, for each
 failing case, where it is wrong and which known convention explains it.
-Exit status: 0 all cases pass, 1 a case fails, 2 a usage error.
+Every implementation except refdcn's own backends runs in a child process with a
+time limit per case (``--timeout``): a hang, a crash, an exit or an exception is
+that case's ERROR row, and the run goes on.
+
+Exit status: 0 every case passes; 1 a case fails or errors; 2 a usage error
+(unknown IMPL, a library that is missing, an IMPL that cannot be loaded).
 """
 
 import numpy as np
 
 from .. import api, backends, conformance
+from ..verify.isolation import DEFAULT_TIMEOUT
 
 HELP = "check another implementation (torchvision, onnxruntime, mmcv, your function) " \
        "and say what is wrong"
@@ -41,6 +47,13 @@ def add_arguments(parser):
                         help="do not check gradients even if IMPL has them")
     parser.add_argument("--opset", type=int, default=19, choices=[19, 22],
                         help="ONNX opset of the DeformConv model (onnxruntime, onnx-reference)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help=f"time limit of one case (forward and gradients) in the child "
+                             f"process that runs IMPL (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run IMPL inside this process (no time limit; a crash or an exit "
+                             "in IMPL ends the run). refdcn's own backends always run in "
+                             "process")
     parser.add_argument("--json", action="store_true",
                         help="print a machine-readable JSON report instead of the table")
     parser.add_argument("--verbose", action="store_true",
@@ -64,6 +77,8 @@ def _list():
 def run(args):
     from ..cli import UsageError
     from ..verify import AdapterUnavailable, Tolerance, resolve, verify
+    from ..verify.adapters import is_refdcn_backend
+    from ..verify.isolation import Isolated
     from ..verify.report import format_json, format_text
     if args.list:
         return _list()
@@ -75,8 +90,13 @@ def run(args):
                          f"{', '.join(conformance.names())}")
     if args.rtol is not None and not args.rtol >= 0:
         raise UsageError(f"--rtol must be a non-negative number; got {args.rtol}")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds; got {args.timeout}")
     try:
-        impl = resolve(args.impl, args.backward, opset=args.opset)
+        if args.in_process or is_refdcn_backend(args.impl):
+            impl = resolve(args.impl, args.backward, opset=args.opset)
+        else:       # IMPL is imported in the child only: an import that exits cannot end us
+            impl = Isolated(args.impl, args.backward, opset=args.opset, timeout=args.timeout)
     except AdapterUnavailable as exc:
         raise UsageError(str(exc)) from None
     dtype = np.dtype(args.dtype)

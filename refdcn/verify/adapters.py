@@ -33,16 +33,18 @@ and the optional gradient callable (``--backward``)::
            or {"input": ..., "offset": ..., "mask": ..., "weight": ..., "bias": ...}
 """
 
+import contextlib
 import importlib
 import inspect
 import os
 import sys
+import warnings
 
 import numpy as np
 
 from .. import api, backends
 
-__all__ = ["Implementation", "AdapterUnavailable", "resolve", "BUILTIN", "to_numpy",
+__all__ = ["Implementation", "AdapterUnavailable", "ImplementationError", "one_line", "quiet", "is_refdcn_backend", "resolve", "BUILTIN", "to_numpy",
            "onnx_model", "GRADIENT_KEYS"]
 
 #: Keys of a gradient mapping, in the order of a gradient sequence.
@@ -55,6 +57,40 @@ FORWARD_SIGNATURE = ("f(input, offset, weight, bias=None, stride=(1, 1), padding
                      "dilation=(1, 1), mask=None) -> output")
 BACKWARD_SIGNATURE = ("g(grad_output, input, offset, weight, bias, stride, padding, dilation, "
                       "mask) -> (grad_input, grad_offset, grad_mask, grad_weight, grad_bias)")
+
+
+class ImplementationError(Exception):
+    """A call of the implementation failed; ``cause`` names how.
+
+    Causes: ``exception`` (it raised), and for isolated implementations
+    (:mod:`refdcn.verify.isolation`) ``timeout``, ``crash`` (a signal) and
+    ``exit``.  ``partial`` holds what the call produced before it failed
+    (e.g. the output when only the backward raised).
+    """
+
+    def __init__(self, cause, message, partial=None):
+        super().__init__(message)
+        self.cause = cause
+        self.partial = partial or {}
+
+
+def one_line(exc):
+    """``"Type: first line of the message"`` (at most 200 characters)."""
+    text = str(exc).strip().splitlines()
+    text = text[0] if text else ""
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def quiet():
+    """Around a call of an implementation: its warnings and floating-point flags are its
+    own, and its prints go to stderr (never into a JSON report on stdout)."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"), \
+            contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")
+        yield
 
 
 class AdapterUnavailable(Exception):
@@ -133,6 +169,23 @@ class Implementation:
     def backward(self, case, convention):
         """Gradients of ``case``: dict with keys :data:`GRADIENT_KEYS`."""
         raise NotImplementedError
+
+    def results(self, case, convention, gradients):
+        """``{"output": ..., and the gradients if gradients}``: one case, one call.
+
+        Isolated implementations (:mod:`refdcn.verify.isolation`) answer this
+        in one round trip, under one time limit.
+        """
+        out = {}
+        try:
+            out["output"] = self.forward(case)
+            if gradients:
+                out.update(self.backward(case, convention))
+        except ImplementationError:
+            raise
+        except (Exception, GeneratorExit) as exc:   # noqa: BLE001 - the implementation's failure
+            raise ImplementationError("exception", one_line(exc), out) from exc
+        return out
 
 
 # ---------------------------------------------------------------- refdcn backends
@@ -432,6 +485,11 @@ class PythonCallable(Implementation):
 
 
 # ---------------------------------------------------------------- resolution
+def is_refdcn_backend(spec):
+    """Whether ``spec`` names one of refdcn's own backends (``refdcn:NAME`` or ``NAME``)."""
+    return isinstance(spec, str) and (spec.startswith("refdcn:") or spec in backends.REGISTRY)
+
+
 def resolve(spec, backward=None, opset=19):
     """The :class:`Implementation` named by ``spec``.
 
@@ -455,7 +513,7 @@ def resolve(spec, backward=None, opset=19):
         return OnnxReference(opset)
     if spec == "mmcv":
         return Mmcv()
-    if spec.startswith("refdcn:") or spec in backends.REGISTRY:
+    if is_refdcn_backend(spec):
         name = spec.split(":", 1)[1] if spec.startswith("refdcn:") else spec
         if name not in backends.REGISTRY:
             raise AdapterUnavailable(f"unknown refdcn backend {name!r}; known: "

@@ -8,20 +8,23 @@ For each failing quantity :func:`diagnose` reports
    its taps, classified as inside the image, exactly on a grid line, in the
    border band (-1, 0) or (H-1, H), exactly on -1 or H, or outside; for an
    offset/mask gradient, the one tap it belongs to;
-3. **why**: whether the results depend on how the batch is split (the
-   implementation is re-run one image at a time), and which known
-   alternative convention (:mod:`refdcn.verify.variants`) the implementation
-   agrees with instead of the reference.
+3. **why**, in this order: whether an identical call gives the same result
+   (the implementation is re-run on the unchanged case; if not, the cause is
+   ``not_repeatable`` and no other comparison of two runs is trusted),
+   whether the results depend on how the batch is split (re-run one image at
+   a time), and which known alternative convention
+   (:mod:`refdcn.verify.variants`) the implementation agrees with instead of
+   the reference.
 """
 
-import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .adapters import one_line, quiet
 from .variants import VARIANTS, geometry_of
 
-__all__ = ["Diagnosis", "diagnose", "axis_class", "describe_point", "locate"]
+__all__ = ["Diagnosis", "diagnose", "axis_class", "describe_point", "locate", "expected_got"]
 
 #: Coarse sample classes, in increasing order of "how special".
 CLASSES = ("inside", "on a grid line", "in the border band", "exactly on -1 or H", "outside",
@@ -84,6 +87,20 @@ def _fmt(v):
     return f"{float(v):.6g}"
 
 
+def expected_got(e, a):
+    """``"expected E, got A, error D"`` with enough digits that E and A print differently.
+
+    >>> expected_got(1.0, 1.0000001)
+    'expected 1, got 1.0000001, error +1e-07'
+    """
+    e, a = float(e), float(a)
+    for digits in range(6, 18):
+        te, ta = f"{e:.{digits}g}", f"{a:.{digits}g}"
+        if te != ta or e == a or (e != e and a != a):
+            break
+    return f"expected {te}, got {ta}, error {a - e:+.2g}"
+
+
 def _worst_index(actual, expected):
     a = np.asarray(actual, np.float64)
     e = np.asarray(expected, np.float64)
@@ -128,7 +145,7 @@ def locate(quantity, actual, expected, case, geom):
     a = float(np.asarray(actual, np.float64)[idx])
     e = float(np.asarray(expected, np.float64)[idx])
     head = f"{quantity}: worst element "
-    value = f"expected {_fmt(e)}, got {_fmt(a)}, error {a - e:+.2g}"
+    value = expected_got(e, a)
     if quantity == "output":
         n, o, oy, ox = (int(v) for v in idx)
         lines = [f"{head}output[n={n}, c={o}, y={oy}, x={ox}] ({value})"]
@@ -166,6 +183,7 @@ def locate(quantity, actual, expected, case, geom):
 class Diagnosis:
     """What is wrong with one failing case."""
     locations: list = field(default_factory=list)
+    not_repeatable: str = ""
     batch_split: str = ""
     explained_by: list = field(default_factory=list)     # variant keys, within tolerance
     closest: tuple = ()                                   # (key, score before, score after)
@@ -174,7 +192,10 @@ class Diagnosis:
 
     @property
     def causes(self):
-        """Keys of every cause found: ``batch_split``, or the explaining variants, or the closest."""
+        """Keys of every cause found: ``not_repeatable``, ``batch_split``, or the explaining
+        variants, or the closest."""
+        if self.not_repeatable:
+            return ["not_repeatable"]
         if self.batch_split:
             return ["batch_split"]
         if self.explained_by:
@@ -190,10 +211,19 @@ class Diagnosis:
         return causes[0] if causes else ""
 
     def lines(self):
-        """The diagnosis as indented report lines."""
+        """The diagnosis as indented report lines: where, then why."""
+        return self.where_lines() + self.why_lines()
+
+    def where_lines(self):
+        """Where the case is wrong (indented lines)."""
+        return [f"  {line}" for loc in self.locations for line in loc]
+
+    def why_lines(self):
+        """Notes and causes (indented lines); identical for cases with the same diagnosis."""
         from .variants import get_variant
-        out = [f"  {line}" for loc in self.locations for line in loc]
-        out += [f"  note: {n}" for n in self.notes]
+        out = [f"  note: {n}" for n in self.notes]
+        if self.not_repeatable:
+            out.append(f"  not repeatable: {self.not_repeatable}")
         if self.batch_split:
             out.append(f"  batch split: {self.batch_split}")
         if self.explained_by:
@@ -206,7 +236,7 @@ class Diagnosis:
             key, before, after = self.closest
             out.append(f"  closest known convention (not within tolerance): "
                        f"{get_variant(key).title} (error {before:.2g} -> {after:.2g})")
-        elif self.searched and not self.batch_split:
+        elif self.searched and not (self.batch_split or self.not_repeatable):
             out.append("  no known alternative convention explains this")
         return out
 
@@ -214,6 +244,8 @@ class Diagnosis:
         d = {"where": [line.strip() for loc in self.locations for line in loc],
              "cause": self.cause or None, "explained_by": list(self.explained_by),
              "notes": list(self.notes)}
+        if self.not_repeatable:
+            d["not_repeatable"] = self.not_repeatable
         if self.batch_split:
             d["batch_split"] = self.batch_split
         if self.closest:
@@ -230,17 +262,20 @@ def _image(case, n):
                    grad_output=sl(case.grad_output))
 
 
-def _split_results(case, quantities, rerun):
-    """Results of ``rerun`` (forward, backward) applied one image at a time, reassembled."""
+def _run_again(case, quantities, rerun):
+    """Results of ``rerun`` (forward, backward) on ``case`` (float64 arrays)."""
     forward, backward = rerun
-    parts = []
-    for n in range(case.input.shape[0]):
-        sub = _image(case, n)
-        r = {"output": np.asarray(forward(sub), np.float64)}
+    with quiet():
+        r = {"output": np.asarray(forward(case), np.float64)}
         if backward is not None and set(quantities) - {"output"}:
             r.update({k: None if v is None else np.asarray(v, np.float64)
-                      for k, v in backward(sub).items()})
-        parts.append(r)
+                      for k, v in backward(case).items()})
+    return r
+
+
+def _split_results(case, quantities, rerun):
+    """Results of ``rerun`` (forward, backward) applied one image at a time, reassembled."""
+    parts = [_run_again(_image(case, n), quantities, rerun) for n in range(case.input.shape[0])]
     result = {}
     for q in quantities:
         if q in ("weight", "bias"):
@@ -268,7 +303,8 @@ def diagnose(case, actual, expected, measures, tolerance, convention, bounds=Non
         float32 element bounds (when ``tolerance`` uses them).
     rerun : (forward, backward), optional
         Callables ``forward(case) -> output`` and ``backward(case) -> dict`` (or
-        None) that re-run the implementation; enables the batch-split check.
+        None) that re-run the implementation; enables the repeatability check and
+        the batch-split check.
 
     Returns
     -------
@@ -291,15 +327,27 @@ def diagnose(case, actual, expected, measures, tolerance, convention, bounds=Non
         return diag
     measures = {q: measures[q] for q in usable}
 
-    # 1. does the batch split matter?
+    # 1. does an identical call give the same result?  (before any comparison of two runs)
+    if rerun is not None:
+        try:
+            again = _run_again(case, list(measures), rerun)
+        except Exception as exc:     # noqa: BLE001 - the implementation's own failure
+            diag.notes.append(f"calling it again on the same case failed: {one_line(exc)}")
+            return diag
+        differs = [q for q in measures if again.get(q) is None or
+                   not tolerance.check(again[q], actual[q], bounds.get(q)).ok]
+        if differs:
+            diag.not_repeatable = (f"an identical call gave a different result "
+                                   f"({', '.join(differs)}): an uninitialised or reused buffer, "
+                                   f"state kept between calls, or a race")
+            return diag
+
+    # 2. does the batch split matter?
     if rerun is not None and case.input.shape[0] > 1:
         try:
-            with warnings.catch_warnings(), np.errstate(all="ignore"):
-                warnings.simplefilter("ignore")
-                split = _split_results(case, list(measures), rerun)
+            split = _split_results(case, list(measures), rerun)
         except Exception as exc:     # noqa: BLE001 - the implementation's own failure
-            diag.notes.append(f"re-running one image at a time failed: "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            diag.notes.append(f"re-running one image at a time failed: {one_line(exc)}")
         else:
             split_ok = all(tolerance.check(split[q], expected[q], bounds.get(q)).ok
                            for q in measures)
@@ -315,7 +363,7 @@ def diagnose(case, actual, expected, measures, tolerance, convention, bounds=Non
                                     f"{', '.join(differs)} (and is wrong too): the result "
                                     f"depends on how the batch is split")
 
-    # 2. which known alternative convention does the implementation follow?
+    # 3. which known alternative convention does the implementation follow?
     diag.explained_by, diag.closest = _match_variants(case, geom, actual, expected, measures,
                                                       failing, tolerance, convention, bounds)
     return diag

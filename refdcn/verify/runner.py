@@ -8,7 +8,6 @@
 """
 
 import time
-import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -16,20 +15,39 @@ import numpy as np
 
 from .. import conformance
 from ..testing import reference_results
+from .adapters import ImplementationError, one_line, quiet
 from .diagnosis import Diagnosis, diagnose
 from .measure import QUANTITIES, Tolerance
 
-__all__ = ["CaseResult", "Report", "verify", "check_results", "expected_for"]
+__all__ = ["CaseResult", "Report", "verify", "check_results", "expected_for", "validate",
+           "ERROR_CAUSES"]
+
+#: Causes of an ERROR row (``CaseResult.cause``; keys of ``summary.causes`` in the JSON).
+ERROR_CAUSES = {
+    "timeout": "no result within the time limit (--timeout)",
+    "crash": "the implementation's process was killed by a signal",
+    "exit": "the implementation's process exited, or it called sys.exit, during the call",
+    "exception": "the implementation raised an exception",
+    "wrong_shape": "a result has the wrong shape (expected and received shapes are given)",
+    "non_finite": "NaN or inf where the reference is finite",
+    "complex_output": "a complex result where a real one is expected",
+    "not_numeric": "a result that is not a numeric array",
+    "missing_quantity": "a quantity the case defines is missing (None or absent)",
+}
 
 
 @dataclass
 class CaseResult:
-    """The outcome of one case: ``status`` is pass, fail, error or missing."""
+    """The outcome of one case: ``status`` is pass, fail, error or missing.
+
+    An error row has ``error`` (one line) and ``cause`` (a key of :data:`ERROR_CAUSES`).
+    """
     name: str
     catches: str
     status: str
     measures: dict = field(default_factory=dict)
     error: str = ""
+    cause: str = ""
     diagnosis: Diagnosis = None
     seconds: float = 0.0
     describe: str = ""
@@ -40,6 +58,8 @@ class CaseResult:
              "quantities": {q: m.to_json() for q, m in self.measures.items()}}
         if self.error:
             d["error"] = self.error
+        if self.cause:
+            d["cause"] = self.cause
         if self.diagnosis is not None:
             d["diagnosis"] = self.diagnosis.to_json()
         return d
@@ -56,21 +76,26 @@ class Report:
     gradients: bool
     results: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    allow_missing: bool = False
 
     def count(self, status):
         return sum(r.status == status for r in self.results)
 
     def exit_code(self):
-        """0 if every checked case passed, 1 otherwise."""
-        return 0 if all(r.status in ("pass", "missing") for r in self.results) else 1
+        """0 if every case passed (missing ones only with ``allow_missing``), 1 otherwise."""
+        ok = ("pass", "missing") if self.allow_missing else ("pass",)
+        return 0 if all(r.status in ok for r in self.results) else 1
 
     def causes(self):
-        """``{cause: [case names]}`` over the diagnosed failures."""
+        """``{cause: [case names]}`` over the error rows and the diagnosed failures."""
         out = {}
         for r in self.results:
+            if r.cause:
+                out.setdefault(r.cause, []).append(r.name)
             if r.diagnosis is not None:
                 for cause in r.diagnosis.causes:
-                    out.setdefault(cause, []).append(r.name)
+                    if cause != r.cause:
+                        out.setdefault(cause, []).append(r.name)
         return dict(sorted(out.items(), key=lambda kv: -len(kv[1])))
 
     def to_json(self):
@@ -100,12 +125,46 @@ def expected_for(name, dtype, convention):
     return dict(_expected_rounded(name, np.dtype(dtype).str, convention))
 
 
-def _one_line(exc):
-    text = str(exc).strip().splitlines()
-    text = text[0] if text else ""
-    if len(text) > 200:
-        text = text[:197] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+def validate(actual, expected):
+    """``[(cause, message)]``: the structural problems of ``actual`` (empty if none).
+
+    Every quantity ``expected`` defines must be present in ``actual`` as a real
+    numeric array of the expected shape, finite wherever the reference is.
+    """
+    problems = []
+    for q in QUANTITIES:
+        if expected.get(q) is None or (q not in actual and q != "output" and
+                                       not (set(actual) - {"output"})):
+            continue        # a forward-only result: the gradients are not asked for
+        name = "output" if q == "output" else f"grad_{q}"
+        a = actual.get(q)
+        if a is None:
+            problems.append(("missing_quantity", f"{name} is missing"))
+            continue
+        try:
+            a = np.asarray(a)
+        except Exception as exc:       # noqa: BLE001 - whatever the implementation returned
+            problems.append(("not_numeric", f"{name} is not an array: {one_line(exc)}"))
+            continue
+        e = np.asarray(expected[q])
+        if a.dtype.kind == "c":
+            problems.append(("complex_output", f"{name} is complex ({a.dtype}); a real array "
+                                               f"is expected"))
+            continue
+        if a.dtype.kind not in "fiu":
+            problems.append(("not_numeric", f"{name} has dtype {a.dtype}; a real numeric array "
+                                            f"is expected"))
+            continue
+        if a.shape != e.shape:
+            problems.append(("wrong_shape", f"{name} has shape {a.shape}; expected {e.shape}"))
+            continue
+        with np.errstate(invalid="ignore"):
+            bad = int(np.count_nonzero(~np.isfinite(a) & np.isfinite(e)))
+        if bad:
+            problems.append(("non_finite", f"{name} has {bad} non-finite value"
+                                           f"{'s' if bad != 1 else ''} (NaN or inf) where the "
+                                           f"reference is finite"))
+    return problems
 
 
 def error_hints(case):
@@ -124,7 +183,15 @@ def error_hints(case):
 
 def check_results(case, cc, actual, expected, tolerance, convention, rerun=None,
                   diagnose_failures=True):
-    """Measure ``actual`` against ``expected`` and diagnose a failure -> :class:`CaseResult`."""
+    """Measure ``actual`` against ``expected`` and diagnose a failure -> :class:`CaseResult`.
+
+    Structural problems (:func:`validate`) make the case an ERROR row with its cause.
+    """
+    problems = validate(actual, expected)
+    if problems:
+        return CaseResult(cc.name, cc.catches, "error", error="; ".join(m for _, m in problems),
+                          cause=problems[0][0], describe=case.describe(),
+                          diagnosis=Diagnosis(searched=False))
     bounds = tolerance.bounds(case)
     measures = {}
     for q in QUANTITIES:
@@ -140,8 +207,36 @@ def check_results(case, cc, actual, expected, tolerance, convention, rerun=None,
             result.diagnosis = diagnose(case, actual, expected, measures, tolerance, convention,
                                         bounds, rerun)
         except Exception as exc:      # noqa: BLE001 - never let the diagnosis crash the report
-            result.diagnosis = Diagnosis(notes=[f"the diagnosis itself failed: {_one_line(exc)}"])
+            result.diagnosis = Diagnosis(notes=[f"the diagnosis itself failed: {one_line(exc)}"])
     return result
+
+
+def _error_row(cc, case, cause, message, partial, expected, tolerance):
+    result = CaseResult(cc.name, cc.catches, "error", error=message, cause=cause,
+                        describe=case.describe())
+    out = partial.get("output")
+    if out is not None and not validate({"output": out}, {"output": expected["output"]}):
+        bounds = tolerance.bounds(case)
+        result.measures["output"] = tolerance.check(out, expected["output"],
+                                                    bounds and bounds["output"])
+    result.diagnosis = Diagnosis(notes=error_hints(case), searched=False)
+    return result
+
+
+def convention_note(report, name):
+    """A note on the offset-gradient convention the implementation was seen to follow.
+
+    Computed from the results, never assumed: the convention is named only
+    when the diagnosis found that the other convention explains a case.
+    """
+    from .variants import other_convention
+    cases = report.causes().get("convention", [])
+    if not cases:
+        return ""
+    other = other_convention(report.convention)
+    return (f"{name} computes the {other} offset-gradient convention (on "
+            f"{len(cases)} case{'s' if len(cases) != 1 else ''} where the two differ); "
+            f"expecting {report.convention} (use --convention {other} to check it against that)")
 
 
 def verify(impl, cases, dtype=np.float64, convention=None, tolerance=None, gradients=True,
@@ -173,33 +268,26 @@ def verify(impl, cases, dtype=np.float64, convention=None, tolerance=None, gradi
     tolerance = tolerance or Tolerance(dtype)
     grads = gradients and impl.has_backward
     report = Report(impl.name, impl.description, str(dtype), convention, tolerance, grads)
-    if impl.native_convention and grads and convention != impl.native_convention:
-        report.notes.append(f"{impl.name} computes the {impl.native_convention} offset-gradient "
-                            f"convention; expecting {convention}")
     rerun_backward = (lambda c: impl.backward(c, convention)) if grads else None
-    rerun = (impl.forward, rerun_backward) if impl.splittable else None
+    rerun = (impl.forward, rerun_backward)
     for cc in cases:
         t0 = time.perf_counter()
         case = cc.build().astype(dtype)
         expected = expected_for(cc.name, dtype, convention)
-        actual = {}
         try:
-            with warnings.catch_warnings(), np.errstate(all="ignore"):
-                warnings.simplefilter("ignore")          # the implementation's own warnings
-                actual["output"] = impl.forward(case)
-                if grads:
-                    actual.update(impl.backward(case, convention))
-        except (Exception, GeneratorExit) as exc:   # noqa: BLE001 - the implementation's failure is a result
-            result = CaseResult(cc.name, cc.catches, "error", error=_one_line(exc),
-                                describe=case.describe())
-            if "output" in actual:
-                bounds = tolerance.bounds(case)
-                result.measures["output"] = tolerance.check(
-                    actual["output"], expected["output"], bounds and bounds["output"])
-            result.diagnosis = Diagnosis(notes=error_hints(case), searched=False)
+            with quiet():
+                actual = impl.results(case, convention, grads)
+        except ImplementationError as exc:
+            result = _error_row(cc, case, exc.cause, str(exc), exc.partial, expected, tolerance)
+        except (Exception, GeneratorExit) as exc:   # noqa: BLE001 - the implementation's failure
+            result = _error_row(cc, case, "exception", one_line(exc), {}, expected, tolerance)
         else:
-            result = check_results(case, cc, actual, expected, tolerance, convention, rerun,
+            result = check_results(case, cc, actual, expected, tolerance, convention,
+                                   rerun if impl.splittable else None,
                                    diagnose_failures)
         result.seconds = time.perf_counter() - t0
         report.results.append(result)
+    note = convention_note(report, impl.name)
+    if note:
+        report.notes.append(note)
     return report
