@@ -141,8 +141,12 @@ def test_gradient_convention_via_backward_callable():
     assert by_name["onnx_mask_bias"].status == "pass"        # nothing lands on -1 there
     assert by_name["integer_offsets"].status == "fail"
     assert by_name["integer_offsets"].diagnosis.cause == "convention"
-    # and the same callable passes when the mmcv rule is what is asked for
-    assert_all_pass(verify(impl, cases(["integer_offsets"]), convention="mmcv"))
+    assert "computes the mmcv offset-gradient convention" in report.notes[0]
+    # and the same callable passes when the mmcv rule is what is asked for, with no note
+    # claiming it computes another convention (the note is computed, not assumed)
+    report = verify(impl, cases(["integer_offsets", "mmcv_small"]), convention="mmcv")
+    assert_all_pass(report)
+    assert report.notes == []
 
 
 def test_backward_mapping_with_grad_keys():

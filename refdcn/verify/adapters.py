@@ -454,8 +454,12 @@ def _check_signature(func, spec, option, args, kwargs, expected):
 
 
 class PythonCallable(Implementation):
-    """A user function with torchvision's signature on NumPy arrays (and an optional backward)."""
-    native_convention = "torchvision"
+    """A user function with torchvision's signature on NumPy arrays (and an optional backward).
+
+    Its offset-gradient convention is not assumed: the report's note on it is
+    computed from the results (:func:`refdcn.verify.runner.convention_note`).
+    """
+    native_convention = None
 
     def __init__(self, spec, backward=None):
         self.func = _load_callable(spec, "IMPL")
