@@ -22,8 +22,10 @@ Keys of ``<case>.npz`` (all float64):
 * float32 expectations: ``f32_<name>`` for each of the above, computed in float64
   from the inputs rounded to float32 (round to nearest even), and
   ``f32_bound_<name>``: the element-wise error bound a float32 implementation
-  must meet, ``|actual - f32_<name>| <= f32_bound_<name>`` (see
-  :mod:`refdcn.tolerances`).
+  must meet, ``|actual - f32_<name>| <= f32_bound_<name>`` (the default tier,
+  which admits sampling coordinates and bilinear weights formed in float32),
+  and ``f32_strict_bound_<name>`` (the strict tier: coordinates formed in
+  double precision); see :mod:`refdcn.tolerances`.
 
 :func:`check` compares outputs written by another program (see
 :func:`load_outputs` for the accepted files) and returns the same
@@ -39,7 +41,7 @@ import numpy as np
 from . import __version__, conformance
 from .geometry import check_arguments
 from .testing import Case, reference_results
-from .tolerances import FLOAT64_RTOL, float32_bounds
+from .tolerances import FLOAT64_RTOL, float32_bounds, float32_implementation_bounds
 
 __all__ = ["export", "load_manifest", "load_case", "load_outputs", "check", "MANIFEST",
            "FORMAT", "DataError"]
@@ -101,7 +103,7 @@ def _expected_arrays(case, prefix=""):
     return arrays
 
 
-def _float32_bounds(case):
+def _float32_bounds(case, bounds=float32_bounds):
     c = case.astype(np.float64)
     if c.input.shape[0] == 0:
         tiny = np.finfo(np.float32).tiny
@@ -110,7 +112,7 @@ def _float32_bounds(case):
                   "mask": None if c.mask is None else c.mask.shape,
                   "bias": None if c.bias is None else c.bias.shape}
         return {q: None if s is None else np.full(s, tiny) for q, s in shapes.items()}
-    return float32_bounds(c.grad_output, *c.args())
+    return bounds(c.grad_output, *c.args())
 
 
 def _case_arrays(case):
@@ -119,16 +121,18 @@ def _case_arrays(case):
     c32 = case.astype(np.float32).astype(np.float64)
     c32.name = case.name
     arrays.update(_expected_arrays(c32, "f32_"))
-    bounds = _float32_bounds(c32)
-    arrays["f32_bound_output"] = bounds["output"]
-    for q in GRADS:
-        if bounds.get(q) is None:
-            continue
-        if q == "offset":
-            arrays["f32_bound_grad_offset_torchvision"] = bounds[q]
-            arrays["f32_bound_grad_offset_mmcv"] = bounds[q]
-        else:
-            arrays[f"f32_bound_grad_{q}"] = bounds[q]
+    for prefix, tier in (("f32_bound_", float32_implementation_bounds),
+                         ("f32_strict_bound_", float32_bounds)):
+        bounds = _float32_bounds(c32, tier)
+        arrays[f"{prefix}output"] = bounds["output"]
+        for q in GRADS:
+            if bounds.get(q) is None:
+                continue
+            if q == "offset":
+                arrays[f"{prefix}grad_offset_torchvision"] = bounds[q]
+                arrays[f"{prefix}grad_offset_mmcv"] = bounds[q]
+            else:
+                arrays[f"{prefix}grad_{q}"] = bounds[q]
     return {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in arrays.items()}
 
 
@@ -205,15 +209,20 @@ def export(directory, cases=None, onnx=True, opset=19):
             "expected_float64": ["output", "grad_input", "grad_offset_torchvision",
                                  "grad_offset_mmcv", "grad_mask", "grad_weight", "grad_bias"],
             "expected_float32": "f32_<key>: expected values for the inputs rounded to float32; "
-                                "f32_bound_<key>: the element-wise bound on |actual - f32_<key>|",
+                                "f32_bound_<key>: the element-wise bound on |actual - f32_<key>| "
+                                "(float32 coordinates and weights admitted); "
+                                "f32_strict_bound_<key>: the strict bound (coordinates in "
+                                "double precision)",
         },
         "tolerances": {
             "float64": {"rtol": FLOAT64_RTOL,
                         "metric": "normwise relative error max|actual - expected| / "
                                   "max|expected| (0 if both are empty)"},
             "float32": {"metric": "every element |actual - f32_<key>| <= f32_bound_<key> "
-                                  "(gamma_n * sum|terms|, Higham eq. 3.5, assuming sampling "
-                                  "coordinates formed in float64)"},
+                                  "(gamma_n * sum|terms|, Higham eq. 3.5, plus what sampling "
+                                  "coordinates, fractions and corner weights formed in float32 "
+                                  "cost: refdcn.tolerances.coordinate_terms); strict: "
+                                  "f32_strict_bound_<key> (coordinates formed in float64)"},
         },
         "onnx": {"opset": opset, "ir_version": 9 if opset < 21 else 10,
                  "inputs": "X, W, offset, then B if bias, mask if mask (graph input order = "
@@ -345,7 +354,7 @@ def load_outputs(outputs, name):
 
 
 def check(directory, outputs, dtype=None, convention="torchvision", rtol=None, names=None,
-          diagnose_failures=True, allow_missing=False):
+          diagnose_failures=True, allow_missing=False, strict=False):
     """Compare outputs written by another program with the golden vectors.
 
     Parameters
@@ -363,6 +372,8 @@ def check(directory, outputs, dtype=None, convention="torchvision", rtol=None, n
         As ``refdcn verify --rtol``.
     names : list of str, optional
         Substrings: only cases whose name contains one of them.
+    strict : bool
+        float32: the strict tier (as ``refdcn verify --strict``).
     allow_missing : bool
         Whether cases without outputs may pass the run (they are listed either way).
 
@@ -398,7 +409,7 @@ def check(directory, outputs, dtype=None, convention="torchvision", rtol=None, n
         dtype = np.float32 if any(np.asarray(v["output"]).dtype == np.float32
                                   for v in present if "output" in v) else np.float64
     dtype = np.dtype(dtype)
-    tolerance = Tolerance(dtype, rtol)
+    tolerance = Tolerance(dtype, rtol, strict)
     has_grads = any(set(v) - {"output"} for v in present)
     report = Report(f"outputs in {outputs}", f"golden vectors from {directory} "
                     f"(refdcn {manifest.get('refdcn_version', '?')})", str(dtype), convention,

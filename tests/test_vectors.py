@@ -54,7 +54,8 @@ def test_npz_contents(golden):
     assert "bias" not in arrays and "grad_bias" not in arrays
     for key in ("output", "grad_input", "grad_offset_torchvision", "grad_mask", "grad_weight"):
         assert arrays[f"f32_{key}"].shape == arrays[key].shape
-        assert np.all(arrays[f"f32_bound_{key}"] > 0)
+        assert np.all(arrays[f"f32_strict_bound_{key}"] > 0)
+        assert np.all(arrays[f"f32_bound_{key}"] >= arrays[f"f32_strict_bound_{key}"])
     assert np.array_equal(case.mask, np.full((1, 4, 4, 4), 0.5))
 
 

@@ -51,6 +51,9 @@ def add_arguments(parser):
     chk.add_argument("--rtol", type=float, metavar="R",
                      help="pass when the normwise relative error <= R (default: 1e-12 for "
                           "float64, the derived float32 bounds for float32)")
+    chk.add_argument("--strict", action="store_true",
+                     help="float32: the strict bounds (coordinates formed in double precision) "
+                          "instead of the default tier")
     chk.add_argument("--allow-missing", action="store_true",
                      help="cases without outputs do not fail the run (they are still listed)")
     chk.add_argument("--json", action="store_true", help="print a JSON report")
@@ -85,7 +88,7 @@ def run(args):
             report = vectors.check(args.directory, args.outputs,
                                    None if args.dtype == "auto" else args.dtype,
                                    args.convention, args.rtol, args.case,
-                                   allow_missing=args.allow_missing)
+                                   allow_missing=args.allow_missing, strict=args.strict)
         except vectors.DataError as exc:
             raise DataError(str(exc)) from None
         except (ValueError, OSError) as exc:

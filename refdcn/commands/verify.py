@@ -43,6 +43,10 @@ def add_arguments(parser):
                         help="pass when the normwise relative error max|a-e|/max|e| <= R "
                              "(default: 1e-12 for float64, the derived element-wise float32 "
                              "bounds for float32)")
+    parser.add_argument("--strict", action="store_true",
+                        help="float32: the strict bounds (sampling coordinates formed in double "
+                             "precision, as refdcn's own float32 backends do) instead of the "
+                             "default tier, which admits float32 coordinates and weights")
     parser.add_argument("--forward-only", action="store_true",
                         help="do not check gradients even if IMPL has them")
     parser.add_argument("--opset", type=int, default=19, choices=[19, 22],
@@ -100,7 +104,7 @@ def run(args):
     except AdapterUnavailable as exc:
         raise UsageError(str(exc)) from None
     dtype = np.dtype(args.dtype)
-    report = verify(impl, cases, dtype, args.convention, Tolerance(dtype, args.rtol),
+    report = verify(impl, cases, dtype, args.convention, Tolerance(dtype, args.rtol, args.strict),
                     gradients=not args.forward_only)
     print(format_json(report) if args.json else format_text(report, args.verbose))
     return report.exit_code()

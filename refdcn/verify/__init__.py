@@ -29,10 +29,20 @@ __all__ = ["verify_implementation", "resolve", "verify", "Report", "Tolerance",
 
 
 def verify_implementation(impl, case=None, dtype=np.float64, convention=None, rtol=None,
-                          backward=None, gradients=True):
+                          backward=None, gradients=True, strict=False, isolate=False,
+                          timeout=None):
     """Verify an implementation (a name as accepted by :func:`resolve`, or an
-    :class:`Implementation`) on the conformance cases whose name contains ``case``."""
+    :class:`Implementation`) on the conformance cases whose name contains ``case``.
+
+    ``strict`` selects the strict float32 tier; ``isolate`` runs a named
+    implementation in a child process with ``timeout`` seconds per case
+    (:class:`~refdcn.verify.isolation.Isolated`), as ``refdcn verify`` does.
+    """
     if isinstance(impl, str):
-        impl = resolve(impl, backward)
-    return verify(impl, conformance.select(case), dtype, convention, Tolerance(dtype, rtol),
-                  gradients)
+        if isolate:
+            from .isolation import DEFAULT_TIMEOUT, Isolated
+            impl = Isolated(impl, backward, timeout=timeout or DEFAULT_TIMEOUT)
+        else:
+            impl = resolve(impl, backward)
+    return verify(impl, conformance.select(case), dtype, convention,
+                  Tolerance(dtype, rtol, strict), gradients)

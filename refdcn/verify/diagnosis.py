@@ -414,7 +414,7 @@ def _match_variants(case, geom, actual, expected, measures, failing, tolerance, 
             continue
         if variant.approximate:
             if loose is None:
-                loose = Tolerance(np.float32)
+                loose = Tolerance(np.float32, strict=True)
                 loose_bounds = loose.bounds(case)
             lv = {q: loose.check(actual[q], predicted[q], loose_bounds[q]) for q in judged}
             if all(m.ok for m in lv.values()) and all(

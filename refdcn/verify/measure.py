@@ -7,9 +7,14 @@ Two criteria, both from :mod:`refdcn.tolerances` (none is defined here):
   :func:`refdcn.tolerances.relative_error` must be ``<= rtol``
   (default :data:`refdcn.tolerances.FLOAT64_RTOL` = 1e-12);
 * **float32 bounds** (float32 without an explicit ``rtol``): every element
-  must lie within its derived bound :func:`refdcn.tolerances.float32_bounds`
-  of the float64 reference computed from the same (float32-rounded) inputs;
-  the reported ``ratio`` is ``max |a - e| / bound`` and must be ``<= 1``.
+  must lie within its derived bound of the float64 reference computed from
+  the same (float32-rounded) inputs; the reported ``ratio`` is
+  ``max |a - e| / bound`` and must be ``<= 1``.  Two tiers: the default
+  :func:`refdcn.tolerances.float32_implementation_bounds` (what a correct
+  float32 implementation can produce: coordinates, fractions and corner
+  weights in float32) and, with ``strict``,
+  :func:`refdcn.tolerances.float32_bounds` (coordinates in double precision,
+  as refdcn's own float32 backends form them).
 
 Every :class:`Measure` also carries the worst absolute and normwise relative
 errors, whatever the criterion.
@@ -19,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..tolerances import FLOAT64_RTOL, float32_bounds, relative_error
+from ..tolerances import (FLOAT64_RTOL, float32_bounds, float32_implementation_bounds,
+                          relative_error)
 
 __all__ = ["Measure", "Tolerance", "QUANTITIES"]
 
@@ -71,22 +77,28 @@ class Tolerance:
         Use the relative criterion with this limit (any dtype).  Default:
         :data:`~refdcn.tolerances.FLOAT64_RTOL` for float64, the derived
         float32 bounds for float32.
+    strict : bool
+        float32 bounds: the strict tier (coordinates in double precision)
+        instead of the float32-implementation tier.
     """
 
-    def __init__(self, dtype=np.float64, rtol=None):
+    def __init__(self, dtype=np.float64, rtol=None, strict=False):
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise ValueError(f"dtype must be float32 or float64; got {self.dtype}")
         if rtol is not None and not (rtol >= 0):
             raise ValueError(f"rtol must be a non-negative number; got {rtol!r}")
         self.rtol = rtol
+        self.strict = bool(strict)
         self.uses_bounds = rtol is None and self.dtype == np.float32
         self.limit = 1.0 if self.uses_bounds else (FLOAT64_RTOL if rtol is None else rtol)
 
     def describe(self):
         if self.uses_bounds:
-            return ("every element within its derived float32 bound of the float64 reference "
-                    "(|error| / bound <= 1)")
+            tier = ("strict tier: coordinates in double precision" if self.strict else
+                    "float32-implementation tier: coordinates and weights in float32")
+            return (f"every element within its derived float32 bound of the float64 reference "
+                    f"(|error| / bound <= 1; {tier})")
         return f"normwise relative error max|a-e|/max|e| <= {self.limit:g}"
 
     def bounds(self, case):
@@ -97,7 +109,8 @@ class Tolerance:
         if c.input.shape[0] == 0:
             # an empty batch: nothing to round; the weight/bias gradients must be exactly 0
             return {q: np.finfo(np.float32).tiny for q in QUANTITIES}
-        return float32_bounds(c.grad_output, *c.args())
+        bounds = float32_bounds if self.strict else float32_implementation_bounds
+        return bounds(c.grad_output, *c.args())
 
     def check(self, actual, expected, bound=None):
         """A :class:`Measure` of ``actual`` against ``expected`` (arrays; ``actual`` may be None)."""
