@@ -16,6 +16,13 @@ reproduces one known mistake:
 ``kh_index``        offset/mask tap index i*kh + j instead of i*kw + j
 ``bias_dropped``    the bias is not added
 ``batch_block``     images in blocks of 2, block b reads offsets [b : b+2] not [2b : 2b+2]
+``msra_v1``         the MSRA DCNv1 sampler: 0 unless 0 <= y < H, 0 <= x < W; the edge
+                    row/column repeated in [H-1, H) (MXNet DCNv1, OpenVINO pad=false)
+``tvm``             TVM's sampler: 0 when y < 0 or x < 0, torchvision's rule otherwise
+``clamp``           points clamped into [0, H-1] x [0, W-1] (replicate padding)
+``mask_sigmoid``    sigmoid(mask) applied inside the op
+``mask_softmax``    softmax over the taps of each offset group applied to the mask (DCNv3)
+``float32_compute`` computes in float32 whatever it is given (OpenVINO's CPU plugin)
 ==================  =================================================================
 
 Each is exposed as a module-level function of the same name (and ``correct``),
@@ -27,7 +34,8 @@ using the other convention than the one checked).
 import numpy as np
 
 BUGS = ("planar", "xy_pairs", "dcnv4", "float32_coords", "centre_shift", "edge_clamp",
-        "mask_ignored", "kh_index", "bias_dropped", "batch_block")
+        "mask_ignored", "kh_index", "bias_dropped", "batch_block", "msra_v1", "tvm", "clamp",
+        "mask_sigmoid", "mask_softmax", "float32_compute")
 
 
 def _bilinear(plane, y, x):
@@ -44,6 +52,18 @@ def _bilinear(plane, y, x):
             total += np.where(ok, wy * wx * v, 0.0)
     outside = (y <= -1) | (y >= H) | (x <= -1) | (x >= W)
     return np.where(outside, 0.0, total)
+
+
+def _msra_v1_sample(plane, y, x):
+    """The 2017 MXNet DCNv1 sampler: inside [0, H) x [0, W) only, the high corner clamped."""
+    H, W = plane.shape
+    y0, x0 = np.floor(y), np.floor(x)
+    fy, fx = y - y0, x - x0
+    y1, x1 = np.minimum(y0 + 1, H - 1), np.minimum(x0 + 1, W - 1)
+    v = lambda r, c: plane[np.clip(r, 0, H - 1).astype(int), np.clip(c, 0, W - 1).astype(int)]
+    total = (1 - fy) * (1 - fx) * v(y0, x0) + (1 - fy) * fx * v(y0, x1) + \
+        fy * (1 - fx) * v(y1, x0) + fy * fx * v(y1, x1)
+    return np.where((y >= 0) & (y < H) & (x >= 0) & (x < W), total, 0.0)
 
 
 def _seed_sample(plane, y, x, pad):
@@ -75,6 +95,19 @@ def make(bug=None):
 
     def deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0),
                       dilation=(1, 1), mask=None):
+        if bug == "float32_compute":
+            f32 = lambda a: None if a is None else np.asarray(a, np.float32)
+            out = _forward(None, f32(input), f32(offset), f32(weight), f32(bias), stride,
+                           padding, dilation, f32(mask))
+            return out.astype(np.float32).astype(np.asarray(input).dtype)
+        if mask is not None and bug == "mask_sigmoid":
+            mask = 1 / (1 + np.exp(-np.asarray(mask, np.float64)))
+        if mask is not None and bug == "mask_softmax":
+            K = weight.shape[2] * weight.shape[3]
+            per = np.asarray(mask, np.float64).reshape(mask.shape[0], mask.shape[1] // K, K,
+                                                       *mask.shape[2:])
+            e = np.exp(per - per.max(axis=2, keepdims=True))
+            mask = (e / e.sum(axis=2, keepdims=True)).reshape(mask.shape)
         if bug == "batch_block":
             return _blocked(input, offset, weight, bias, stride, padding, dilation, mask)
         return _forward(bug, input, offset, weight, bias, stride, padding, dilation, mask)
@@ -137,8 +170,15 @@ def _forward(bug, input, offset, weight, bias, stride, padding, dilation, mask):
                         y, x = by + dy, bx + dx
                     m = 1.0 if mask is None or bug == "mask_ignored" else mask[n, m_ch]
                     for c in range(d * (C // D), (d + 1) * (C // D)):
+                        plane = input[n, c].astype(np.float64)
                         if bug == "edge_clamp":
-                            s = _seed_sample(input[n, c].astype(np.float64), y, x, (ph, pw))
+                            s = _seed_sample(plane, y, x, (ph, pw))
+                        elif bug == "msra_v1":
+                            s = _msra_v1_sample(plane, y, x)
+                        elif bug == "tvm":
+                            s = np.where((y < 0) | (x < 0), 0.0, _bilinear(plane, y, x))
+                        elif bug == "clamp":
+                            s = _bilinear(plane, np.clip(y, 0, H - 1), np.clip(x, 0, W - 1))
                         else:
                             s = _bilinear(input[n, c].astype(np.float64), y, x)
                         cols[n, c, k] = m * s
@@ -164,6 +204,12 @@ mask_ignored = make("mask_ignored")
 kh_index = make("kh_index")
 bias_dropped = make("bias_dropped")
 batch_block = make("batch_block")
+msra_v1 = make("msra_v1")
+tvm = make("tvm")
+clamp = make("clamp")
+mask_sigmoid = make("mask_sigmoid")
+mask_softmax = make("mask_softmax")
+float32_compute = make("float32_compute")
 
 
 def mmcv_gradients(grad_output, input, offset, weight, bias, stride, padding, dilation, mask):

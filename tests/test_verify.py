@@ -95,6 +95,14 @@ BROKEN = {      # bug -> (cases where it shows, expected first cause)
     "kh_index": (["kernel_2x3"], "kh_index"),
     "bias_dropped": (["onnx_mask_bias", "random_3"], "bias_dropped"),
     "batch_block": (["random_0", "torchvision_awkward_batch37"], "batch_split"),
+    # rules found in real implementations (dcn-implementations.md, peers.md)
+    "msra_v1": (["border_bands", "random_0", "torchvision_awkward_batch37"], "msra_v1_border"),
+    "tvm": (["border_bands", "random_1"], "tvm_border"),
+    "clamp": (["onnx_with_padding", "random_2"], "clamp_to_edge"),
+    "mask_sigmoid": (["onnx_mask_bias", "random_5"], "mask_sigmoid"),
+    "mask_softmax": (["onnx_mask_bias", "random_5"], "mask_softmax"),
+    "float32_compute": (["onnx_with_padding", "random_3", "torchvision_awkward_batch1"],
+                        "computes_in_float32"),
 }
 
 
@@ -107,7 +115,8 @@ def test_broken_implementation_is_diagnosed(bug):
         assert r.status == "fail", (r.name, r.status, r.error)
         assert r.diagnosis.cause == cause, (r.name, r.diagnosis.lines())
     text = format_text(report)
-    title = "depends on how the batch is split" if cause == "batch_split" else "explained by"
+    title = {"batch_split": "depends on how the batch is split",
+             "computes_in_float32": "computes in float32"}.get(cause, "explained by")
     assert title in text
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..bilinear import sampling_point
+from ..geometry import offset_channel
 from .adapters import one_line, quiet
 from .variants import VARIANTS, geometry_of
 
@@ -75,11 +77,11 @@ def describe_point(y, x, height, width):
 
 
 def _point(case, geom, n, d, i, j, oy, ox):
-    kk = (d * geom.kh + i) * geom.kw + j
-    y = oy * geom.stride[0] - geom.padding[0] + i * geom.dilation[0] + \
-        float(case.offset[n, 2 * kk, oy, ox])
-    x = ox * geom.stride[1] - geom.padding[1] + j * geom.dilation[1] + \
-        float(case.offset[n, 2 * kk + 1, oy, ox])
+    """Sampling point ``(y, x)`` of tap (i, j) of offset group d at output (oy, ox) of image n."""
+    y = sampling_point(oy, geom.stride[0], geom.padding[0], i, geom.dilation[0],
+                       float(case.offset[n, offset_channel(d, i, j, geom.kh, geom.kw, 0), oy, ox]))
+    x = sampling_point(ox, geom.stride[1], geom.padding[1], j, geom.dilation[1],
+                       float(case.offset[n, offset_channel(d, i, j, geom.kh, geom.kw, 1), oy, ox]))
     return y, x
 
 
@@ -184,6 +186,7 @@ class Diagnosis:
     """What is wrong with one failing case."""
     locations: list = field(default_factory=list)
     not_repeatable: str = ""
+    computes_in_float32: str = ""
     batch_split: str = ""
     explained_by: list = field(default_factory=list)     # variant keys, within tolerance
     closest: tuple = ()                                   # (key, score before, score after)
@@ -196,6 +199,8 @@ class Diagnosis:
         variants, or the closest."""
         if self.not_repeatable:
             return ["not_repeatable"]
+        if self.computes_in_float32:
+            return ["computes_in_float32"]
         if self.batch_split:
             return ["batch_split"]
         if self.explained_by:
@@ -224,6 +229,8 @@ class Diagnosis:
         out = [f"  note: {n}" for n in self.notes]
         if self.not_repeatable:
             out.append(f"  not repeatable: {self.not_repeatable}")
+        if self.computes_in_float32:
+            out.append(f"  computes in float32: {self.computes_in_float32}")
         if self.batch_split:
             out.append(f"  batch split: {self.batch_split}")
         if self.explained_by:
@@ -236,7 +243,8 @@ class Diagnosis:
             key, before, after = self.closest
             out.append(f"  closest known convention (not within tolerance): "
                        f"{get_variant(key).title} (error {before:.2g} -> {after:.2g})")
-        elif self.searched and not (self.batch_split or self.not_repeatable):
+        elif self.searched and not (self.batch_split or self.not_repeatable or
+                                    self.computes_in_float32):
             out.append("  no known alternative convention explains this")
         return out
 
@@ -246,6 +254,8 @@ class Diagnosis:
              "notes": list(self.notes)}
         if self.not_repeatable:
             d["not_repeatable"] = self.not_repeatable
+        if self.computes_in_float32:
+            d["computes_in_float32"] = self.computes_in_float32
         if self.batch_split:
             d["batch_split"] = self.batch_split
         if self.closest:
@@ -283,6 +293,29 @@ def _split_results(case, quantities, rerun):
         else:
             result[q] = np.concatenate([p[q] for p in parts])
     return result
+
+
+def _float32_values(actual, expected, quantities):
+    """Whether every ``actual[q]`` is a float32 value while the reference is not."""
+    f32 = lambda a: np.asarray(a, np.float64).astype(np.float32).astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(quantities) and all(
+            np.array_equal(f32(actual[q]), np.asarray(actual[q], np.float64), equal_nan=True)
+            and not np.array_equal(f32(expected[q]), np.asarray(expected[q], np.float64),
+                                   equal_nan=True)
+            for q in quantities)
+
+
+def _within_float32_tier(case, actual, quantities, convention):
+    """Whether ``actual`` passes the float32 tier for ``case`` rounded to float32."""
+    from .measure import Tolerance
+    from .variants import evaluate
+    c32 = case.astype(np.float32)
+    ref = evaluate(c32, convention)
+    tier = Tolerance(np.float32)
+    bounds = tier.bounds(c32)
+    return all(tier.check(actual[q], ref[q], bounds[q]).ok for q in quantities
+               if ref.get(q) is not None)
 
 
 def diagnose(case, actual, expected, measures, tolerance, convention, bounds=None, rerun=None):
@@ -326,6 +359,16 @@ def diagnose(case, actual, expected, measures, tolerance, convention, bounds=Non
     if not failing:
         return diag
     measures = {q: measures[q] for q in usable}
+
+    # 0. a float64 run whose every failing result is a float32 value
+    if tolerance.dtype == np.float64 and _float32_values(actual, expected, failing):
+        if _within_float32_tier(case, actual, list(measures), convention):
+            diag.computes_in_float32 = (
+                "every result is exactly a float32 value and within the float32 tier of the "
+                "inputs rounded to float32: it computes in float32 whatever it is given")
+            return diag
+        diag.notes.append("every result is exactly a float32 value: it computes in float32 "
+                          "(and differs beyond float32 rounding too)")
 
     # 1. does an identical call give the same result?  (before any comparison of two runs)
     if rerun is not None:

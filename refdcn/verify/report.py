@@ -33,6 +33,8 @@ def _cell(measure):
 CAUSE_TITLES = {
     "not_repeatable": "an identical call gave a different result (uninitialised or reused "
                       "buffer, state between calls, or a race)",
+    "computes_in_float32": "it computes in float32 when given float64 (every result is a "
+                           "float32 value within the float32 tier)",
     "batch_split": "the result depends on how the batch is split",
 }
 

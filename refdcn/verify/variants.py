@@ -24,6 +24,11 @@ key                        what the implementation does differently
 ``float32_rounded``        float64 sampling points rounded to float32 (ONNX reference)
 ``centre_shift``           base grid around a 3x3 kernel's centre (seed, k != 3)
 ``edge_clamp``             samples clamped to the padded edge, weights doubled (seed, padding 0)
+``msra_v1_border``         MSRA DCNv1 border: no band below 0, edge repeated in (H-1, H)
+``tvm_border``             TVM's border: no band below 0, partial band (H-1, H)
+``clamp_to_edge``          points clamped into the image (replicate padding)
+``mask_sigmoid``           sigmoid(mask) applied inside the op
+``mask_softmax``           softmax over the taps of the mask inside the op (DCNv3)
 ``mask_ignored``           the mask is not applied
 ``kh_index``               tap index i*kh + j instead of i*kw + j (non-square kernels)
 ``bias_dropped``           the bias is not added
@@ -36,9 +41,10 @@ from typing import Callable
 import numpy as np
 
 from .. import api, layouts
+from ..bilinear import sampling_point
 from ..geometry import check_arguments
 
-__all__ = ["Variant", "VARIANTS", "get_variant", "base_grid", "evaluate"]
+__all__ = ["Variant", "VARIANTS", "get_variant", "base_grid", "sampling_points", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -72,22 +78,32 @@ def evaluate(case, convention, **changes):
     return {"output": out, **g._asdict()}
 
 
-def base_grid(geom):
-    """Sampling points of zero offsets, laid out like the offset tensor.
+def sampling_points(geom, offset=None):
+    """Sampling points of every tap, laid out like the offset tensor.
 
-    Returns an array of shape (1, 2*D*kh*kw, H_out, W_out): channel
-    ``2*(d*K + i*kw + j)`` holds ``oy*sh - ph + i*dh`` and channel ``... + 1``
-    holds ``ox*sw - pw + j*dw``.
+    Returns an array of shape (N, 2*D*kh*kw, H_out, W_out) (N = 1 without
+    ``offset``: the regular grid): channel
+    :func:`refdcn.geometry.offset_channel` ``(d, i, j, kh, kw, 0)`` holds
+    :func:`refdcn.bilinear.sampling_point` of the row, ``... 1)`` of the column.
     """
     K = geom.taps
-    grid = np.zeros((1, geom.offset_groups, K, 2, geom.out_h, geom.out_w))
-    oy = np.arange(geom.out_h)[:, None]
-    ox = np.arange(geom.out_w)[None, :]
-    for k in range(K):
-        i, j = divmod(k, geom.kw)
-        grid[0, :, k, 0] = oy * geom.stride[0] - geom.padding[0] + i * geom.dilation[0]
-        grid[0, :, k, 1] = ox * geom.stride[1] - geom.padding[1] + j * geom.dilation[1]
-    return grid.reshape(1, -1, geom.out_h, geom.out_w)
+    off = np.zeros((1, 2 * geom.offset_groups * K, geom.out_h, geom.out_w)) if offset is None \
+        else np.asarray(offset, dtype=np.float64)
+    off = off.reshape(off.shape[0], geom.offset_groups, K, 2, geom.out_h, geom.out_w)
+    i, j = np.divmod(np.arange(K), geom.kw)
+    oy = np.arange(geom.out_h)[None, :, None]
+    ox = np.arange(geom.out_w)[None, None, :]
+    points = np.empty_like(off)
+    points[:, :, :, 0] = sampling_point(oy, geom.stride[0], geom.padding[0], i[:, None, None],
+                                        geom.dilation[0], off[:, :, :, 0])
+    points[:, :, :, 1] = sampling_point(ox, geom.stride[1], geom.padding[1], j[:, None, None],
+                                        geom.dilation[1], off[:, :, :, 1])
+    return points.reshape(off.shape[0], -1, geom.out_h, geom.out_w)
+
+
+def base_grid(geom):
+    """Sampling points of zero offsets, (1, 2*D*kh*kw, H_out, W_out) (see :func:`sampling_points`)."""
+    return sampling_points(geom)
 
 
 def _nonzero(a):
@@ -178,6 +194,94 @@ def _edge_clamp(case, geom, convention):
     mask = factor if case.mask is None else np.asarray(case.mask, np.float64) * factor
     r = evaluate(case, convention, offset=per.reshape(points.shape) - grid, mask=mask)
     return {"output": r["output"]}
+
+
+# ------------------------------------------------------------------ border rules (point remaps)
+#: A coordinate the torchvision rule samples as exactly 0 (it is <= -1).
+ZERO = -2.0
+
+
+def _remap(case, geom, remap):
+    """Offsets that move every sampling point (y, x) to ``remap(y, x, H, W)``."""
+    points = sampling_points(geom, case.offset)
+    shape = points.shape
+    per = points.reshape(shape[0], -1, 2, geom.out_h, geom.out_w)
+    y, x = remap(per[:, :, 0], per[:, :, 1], geom.height, geom.width)
+    moved = np.stack([y, x], axis=2).reshape(shape)
+    return moved - base_grid(geom), bool(np.any(moved != points))
+
+
+def msra_v1_points(y, x, height, width):
+    """The MSRA DCNv1 border rule as a remap onto torchvision's sampler.
+
+    The 2017 MXNet operator samples only if ``0 <= y < H`` and ``0 <= x < W``
+    (no partial band below 0), and in ``[H-1, H)`` both corners are row
+    ``H-1`` (``h_high = min(ceil(y), H - 1)``), which repeats the edge row;
+    the same for x.  Sources: ``msracver/Deformable-ConvNets``
+    ``rfcn/operator_cxx/nn/deformable_im2col.cuh`` l.85-87 and 250; MXNet's
+    ``contrib.DeformableConvolution``; OpenVINO DeformableConvolution-1 and -8
+    with ``bilinear_interpolation_pad=false`` (intel_cpu ``def_conv.cpp``);
+    TVM before PR 7397.
+    """
+    out = (y < 0) | (y >= height) | (x < 0) | (x >= width)
+    y = np.where(y > height - 1, height - 1.0, y)
+    x = np.where(x > width - 1, width - 1.0, x)
+    return np.where(out, ZERO, y), np.where(out, ZERO, x)
+
+
+def tvm_points(y, x, height, width):
+    """TVM's border rule as a remap: a sample with ``y < 0`` or ``x < 0`` is dropped (no band
+    below 0), the band ``(H-1, H)`` is partial with zero corners as torchvision's.
+
+    Sources: ``tvm/python/tvm/topi/testing/deformable_conv2d_python.py`` (the
+    ``topi.testing`` reference) and ``topi/nn/deformable_conv2d.py`` (the
+    compiled op), measured in peers.md (apache-tvm 0.27).
+    """
+    out = (y < 0) | (x < 0)
+    return np.where(out, ZERO, y), np.where(out, ZERO, x)
+
+
+def clamp_points(y, x, height, width):
+    """Edge clamping: every point clamped into the image, ``[0, H-1] x [0, W-1]`` (replicate
+    padding, as ``torch.nn.functional.grid_sample(padding_mode="border")``), never zero."""
+    return np.clip(y, 0.0, height - 1.0), np.clip(x, 0.0, width - 1.0)
+
+
+def _border_rule(remap):
+    """A variant predicting the value-based quantities of a border rule (the offset gradient
+    of a remapped point is not modelled)."""
+    def applies(case, geom):
+        return case.input.shape[0] > 0 and _remap(case, geom, remap)[1]
+
+    def predict(case, geom, convention):
+        offset, _ = _remap(case, geom, remap)
+        r = evaluate(case, convention, offset=offset)
+        del r["offset"]
+        return r
+    return applies, predict
+
+
+# ------------------------------------------------------------------ mask transforms
+def _sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def _mask_sigmoid(case, geom, convention):
+    s = _sigmoid(np.asarray(case.mask, np.float64))
+    r = evaluate(case, convention, mask=s)
+    r["mask"] = r["mask"] * s * (1 - s)           # chain rule to the raw mask
+    return r
+
+
+def _mask_softmax(case, geom, convention):
+    m = np.asarray(case.mask, np.float64)
+    per = m.reshape(m.shape[0], geom.offset_groups, geom.taps, geom.out_h, geom.out_w)
+    e = np.exp(per - per.max(axis=2, keepdims=True))
+    s = e / e.sum(axis=2, keepdims=True)
+    r = evaluate(case, convention, mask=s.reshape(m.shape))
+    g = r["mask"].reshape(per.shape)
+    r["mask"] = (s * (g - (s * g).sum(axis=2, keepdims=True))).reshape(m.shape)
+    return r
 
 
 # ------------------------------------------------------------------ dropped terms
@@ -276,6 +380,38 @@ VARIANTS = [
             "return 0 for y <= -1 or y >= H (x <= -1 or x >= W), and zero only the corners "
             "outside the image",
             lambda c, g: min(g.padding) == 0, _edge_clamp),
+    Variant("msra_v1_border",
+            "the MSRA DCNv1 border rule (MXNet DCNv1, OpenVINO DeformableConvolution-1 and -8 "
+            "with bilinear_interpolation_pad=false, TVM before PR 7397)",
+            "zero for y < 0 or x < 0 (no partial band below 0) and the edge row/column "
+            "repeated in (H-1, H) / (W-1, W)",
+            "sample with a one-pixel zero border: partial corners in (-1, 0) and (H-1, H) "
+            "(OpenVINO: bilinear_interpolation_pad=true)",
+            *_border_rule(msra_v1_points)),
+    Variant("tvm_border",
+            "TVM's border rule (topi.testing reference and topi.nn.deformable_conv2d_nchw)",
+            "a sample with y < 0 or x < 0 is dropped (no band below 0) while the band "
+            "(H-1, H) keeps its partial corners",
+            "also sample the band (-1, 0) with its partial corner: 0 only for y <= -1 or x <= -1",
+            *_border_rule(tvm_points)),
+    Variant("clamp_to_edge",
+            "coordinates clamped to the image edge (replicate padding)",
+            "points outside the image take the nearest edge value instead of fading to 0",
+            "return 0 for y <= -1 or y >= H (x likewise) and zero the corners outside the image",
+            *_border_rule(clamp_points)),
+    Variant("mask_sigmoid",
+            "a sigmoid applied to the mask inside the op (as mmcv's ModulatedDeformConv2dPack "
+            "and the seed do before calling it)",
+            "the implementation multiplies by sigmoid(mask) instead of the raw mask",
+            "use the mask as given; apply the sigmoid in the module that produces it",
+            lambda c, g: c.mask is not None and c.input.shape[0] > 0, _mask_sigmoid),
+    Variant("mask_softmax",
+            "a softmax over the taps applied to the mask inside the op (as DCNv3)",
+            "the implementation multiplies by softmax(mask) over the kh*kw taps of each "
+            "offset group (InternImage ops_dcnv3 dcnv3.py) instead of the raw mask",
+            "use the mask as given (DCNv2 and DCNv4 do); normalise it outside the op",
+            lambda c, g: c.mask is not None and c.input.shape[0] > 0 and g.taps > 1,
+            _mask_softmax),
     Variant("mask_ignored",
             "the mask (modulation) is ignored",
             "the result equals DCNv1 on the same offsets",
