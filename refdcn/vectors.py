@@ -393,7 +393,7 @@ def check(directory, outputs, dtype=None, convention="torchvision", rtol=None, n
         A malformed manifest, case file or outputs file.
     """
     from .verify.measure import Tolerance
-    from .verify.runner import CaseResult, Report, check_results
+    from .verify.runner import CaseResult, Report, check_results, find_common
     manifest = load_manifest(directory)
     entries = [e for e in manifest["cases"]
                if not names or any(n in e["name"] for n in names)]
@@ -415,6 +415,7 @@ def check(directory, outputs, dtype=None, convention="torchvision", rtol=None, n
                     f"(refdcn {manifest.get('refdcn_version', '?')})", str(dtype), convention,
                     tolerance, has_grads, allow_missing=allow_missing)
     prefix = "f32_" if dtype == np.float32 else ""
+    built = {}
     for entry in entries:
         actual = found[entry["name"]]
         cc = SimpleNamespace(name=entry["name"], catches=entry.get("catches", ""))
@@ -424,6 +425,7 @@ def check(directory, outputs, dtype=None, convention="torchvision", rtol=None, n
         case, arrays = load_case(directory, entry)
         if dtype == np.float32:
             case = case.astype(np.float32)
+        built[entry["name"]] = case
         try:
             expected = {"output": arrays[f"{prefix}output"],
                         "offset": arrays[f"{prefix}grad_offset_{convention}"]}
@@ -436,4 +438,6 @@ def check(directory, outputs, dtype=None, convention="torchvision", rtol=None, n
         result = check_results(case, cc, actual, expected, tolerance, convention,
                                diagnose_failures=diagnose_failures)
         report.results.append(result)
+    if diagnose_failures:
+        find_common(report, built)
     return report

@@ -23,6 +23,9 @@ reproduces one known mistake:
 ``mask_sigmoid``    sigmoid(mask) applied inside the op
 ``mask_softmax``    softmax over the taps of each offset group applied to the mask (DCNv3)
 ``float32_compute`` computes in float32 whatever it is given (OpenVINO's CPU plugin)
+``stride_w_rows``   the row stride taken from stride_w (wrong when strides differ)
+``bias_twice``      the bias added twice when groups > 1
+``dilation_h_cols`` the column dilation taken from dilation_h
 ==================  =================================================================
 
 Each is exposed as a module-level function of the same name (and ``correct``),
@@ -35,7 +38,8 @@ import numpy as np
 
 BUGS = ("planar", "xy_pairs", "dcnv4", "float32_coords", "centre_shift", "edge_clamp",
         "mask_ignored", "kh_index", "bias_dropped", "batch_block", "msra_v1", "tvm", "clamp",
-        "mask_sigmoid", "mask_softmax", "float32_compute")
+        "mask_sigmoid", "mask_softmax", "float32_compute", "stride_w_rows", "bias_twice",
+        "dilation_h_cols")
 
 
 def _bilinear(plane, y, x):
@@ -160,6 +164,10 @@ def _forward(bug, input, offset, weight, bias, stride, padding, dilation, mask):
                         dy, dx = offset[n, 2 * (d * K + k)], offset[n, 2 * (d * K + k) + 1]
                         m_ch = d * K + k
                     by, bx = oy * sh - ph + i * dh, ox * sw - pw + j * dw
+                    if bug == "stride_w_rows":
+                        by = oy * sw - ph + i * dh
+                    if bug == "dilation_h_cols":
+                        bx = ox * sw - pw + j * dh
                     if bug == "centre_shift":
                         by, bx = by + (1 - kh // 2), bx + (1 - kw // 2)
                     if bug == "float32_coords":
@@ -190,6 +198,8 @@ def _forward(bug, input, offset, weight, bias, stride, padding, dilation, mask):
         out[:, g * Og:(g + 1) * Og] = np.einsum("or,nrp->nop", w, c).reshape(N, Og, Ho, Wo)
     if bias is not None and bug != "bias_dropped":
         out += bias[None, :, None, None]
+    if bias is not None and bug == "bias_twice" and groups > 1:
+        out += bias[None, :, None, None]
     return out.astype(input.dtype)
 
 
@@ -210,6 +220,9 @@ clamp = make("clamp")
 mask_sigmoid = make("mask_sigmoid")
 mask_softmax = make("mask_softmax")
 float32_compute = make("float32_compute")
+stride_w_rows = make("stride_w_rows")
+bias_twice = make("bias_twice")
+dilation_h_cols = make("dilation_h_cols")
 
 
 def mmcv_gradients(grad_output, input, offset, weight, bias, stride, padding, dilation, mask):

@@ -129,6 +129,26 @@ def test_the_bugs_are_told_apart():
         assert set(report.causes()) <= {cause, "float32_rounded"}, (bug, report.causes())
 
 
+@pytest.mark.parametrize("bug, attribute", [("stride_w_rows", "stride_h != stride_w"),
+                                            ("dilation_h_cols", "dilation_h != dilation_w"),
+                                            ("bias_twice", "groups > 1 and a bias")])
+def test_what_unexplained_failures_have_in_common(bug, attribute):
+    """Bugs no variant names: the report says which attributes separate failing cases."""
+    report = verify(resolve(f"broken_impls:{bug}"), conformance.CASES)
+    assert report.exit_code() == 1 and report.causes() == {}
+    common = report.common
+    assert common is not None and common.exact
+    for terms in [common.terms] + common.alternatives:
+        assert attribute in " and ".join(terms), common.text()
+    assert "fails exactly when the case has" in format_text(report)
+    assert json.loads(format_json(report))["summary"]["common"]["exact"] is True
+
+
+def test_nothing_in_common_is_claimed_when_every_failure_is_explained():
+    report = verify(resolve("broken_impls:planar"), conformance.CASES)
+    assert report.common is None
+
+
 def test_gradient_convention_of_torchvision_is_recognised():
     pytest.importorskip("torchvision")
     report = verify(resolve("torchvision"), cases(["mmcv_small", "border_exact_y"]),

@@ -63,6 +63,8 @@ def format_text(report, verbose=False):
     causes = report.causes()
     for key, names in sorted(causes.items(), key=lambda kv: -len(kv[1])):
         lines.append(f"  {key}: {cause_title(key)} ({len(names)}: {_names(names)})")
+    if report.common is not None:
+        lines.append(f"  unexplained failures have this in common: {report.common.text()}")
     missing = [r.name for r in report.results if r.status == "missing"]
     if missing:
         lines.append(f"  missing outputs{' (allowed)' if report.allow_missing else ''}: "

@@ -20,7 +20,7 @@ from .diagnosis import Diagnosis, diagnose
 from .measure import QUANTITIES, Tolerance
 
 __all__ = ["CaseResult", "Report", "verify", "check_results", "expected_for", "validate",
-           "ERROR_CAUSES"]
+           "ERROR_CAUSES", "find_common", "convention_note"]
 
 #: Causes of an ERROR row (``CaseResult.cause``; keys of ``summary.causes`` in the JSON).
 ERROR_CAUSES = {
@@ -77,6 +77,7 @@ class Report:
     results: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     allow_missing: bool = False
+    common: object = None          # refdcn.verify.common.Separation, or None
 
     def count(self, status):
         return sum(r.status == status for r in self.results)
@@ -106,6 +107,7 @@ class Report:
             "summary": {"cases": len(self.results), "passed": self.count("pass"),
                         "failed": self.count("fail"), "errors": self.count("error"),
                         "missing": self.count("missing"), "causes": self.causes(),
+                        "common": None if self.common is None else self.common.to_json(),
                         "exit_code": self.exit_code()},
             "notes": list(self.notes),
             "cases": [r.to_json() for r in self.results],
@@ -223,6 +225,16 @@ def _error_row(cc, case, cause, message, partial, expected, tolerance):
     return result
 
 
+def find_common(report, cases):
+    """Set ``report.common`` (:func:`refdcn.verify.common.separate`) when a case errors or fails
+    with no named cause; ``cases`` maps case names to the cases run."""
+    from .common import separate
+    unexplained = [r for r in report.results if r.status == "error" or (
+        r.status == "fail" and (r.diagnosis is None or not r.diagnosis.causes))]
+    if unexplained:
+        report.common = separate(report.results, cases)
+
+
 def convention_note(report, name):
     """A note on the offset-gradient convention the implementation was seen to follow.
 
@@ -270,9 +282,10 @@ def verify(impl, cases, dtype=np.float64, convention=None, tolerance=None, gradi
     report = Report(impl.name, impl.description, str(dtype), convention, tolerance, grads)
     rerun_backward = (lambda c: impl.backward(c, convention)) if grads else None
     rerun = (impl.forward, rerun_backward)
+    built = {}
     for cc in cases:
         t0 = time.perf_counter()
-        case = cc.build().astype(dtype)
+        case = built[cc.name] = cc.build().astype(dtype)
         expected = expected_for(cc.name, dtype, convention)
         try:
             with quiet():
@@ -290,4 +303,6 @@ def verify(impl, cases, dtype=np.float64, convention=None, tolerance=None, gradi
     note = convention_note(report, impl.name)
     if note:
         report.notes.append(note)
+    if diagnose_failures:
+        find_common(report, built)
     return report
