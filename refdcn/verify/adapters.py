@@ -16,6 +16,7 @@ Built-in adapters (see :func:`resolve`):
 ``onnxruntime``           a one-node ONNX ``DeformConv`` model run by ONNX Runtime
 ``onnx-reference``        the same model run by ``onnx.reference.ReferenceEvaluator``
 ``mmcv``                  ``mmcv.ops.modulated_deform_conv2d``; gradients by autograd
+``paddle``, ``openvino``, ``mindspore``, ``tvm`` (and variants): :mod:`refdcn.verify.peers`
 ``refdcn:NAME`` / NAME    refdcn's backend NAME (``reference``, ``numpy``, ...)
 ``package.module:func``   any callable with torchvision's signature on NumPy arrays
 ========================  ====================================================
@@ -50,8 +51,10 @@ __all__ = ["Implementation", "AdapterUnavailable", "ImplementationError", "one_l
 #: Keys of a gradient mapping, in the order of a gradient sequence.
 GRADIENT_KEYS = ("input", "offset", "mask", "weight", "bias")
 
-#: Built-in adapter names (refdcn backends are added by :func:`resolve`).
-BUILTIN = ("torchvision", "onnxruntime", "onnx-reference", "mmcv")
+#: Built-in adapter names (refdcn backends are added by :func:`resolve`; the ecosystem
+#: adapters live in :mod:`refdcn.verify.peers`).
+BUILTIN = ("torchvision", "onnxruntime", "onnx-reference", "mmcv", "paddle", "openvino",
+           "openvino-opset8-nopad", "openvino-opset1", "mindspore", "tvm")
 
 FORWARD_SIGNATURE = ("f(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), "
                      "dilation=(1, 1), mask=None) -> output")
@@ -161,6 +164,11 @@ class Implementation:
     native_convention = "torchvision"
     has_backward = False
     splittable = True
+
+    def unsupported(self, case):
+        """Why this implementation cannot express ``case`` ('' if it can): such a case is
+        reported as **unsupported** with this reason, never as an error."""
+        return ""
 
     def forward(self, case):
         """Output of ``case`` (NumPy array)."""
@@ -517,6 +525,9 @@ def resolve(spec, backward=None, opset=19):
         return OnnxReference(opset)
     if spec == "mmcv":
         return Mmcv()
+    from .peers import PEERS
+    if spec in PEERS:
+        return PEERS[spec]()
     if is_refdcn_backend(spec):
         name = spec.split(":", 1)[1] if spec.startswith("refdcn:") else spec
         if name not in backends.REGISTRY:

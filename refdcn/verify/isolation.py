@@ -198,6 +198,9 @@ class Isolated(Implementation):
         return reply[1]
 
     # -- the Implementation interface
+    def unsupported(self, case):
+        return self._call("unsupported", case)
+
     def forward(self, case):
         return self._call("forward", case)
 

@@ -108,7 +108,8 @@ def _names(names, limit=6):
 def _summary(report):
     n = len(report.results)
     text = f"{report.count('pass')}/{n} cases pass"
-    extra = [f"{report.count(s)} {s}" for s in ("fail", "error", "missing") if report.count(s)]
+    extra = [f"{report.count(s)} {s}" for s in ("fail", "error", "unsupported", "missing")
+             if report.count(s)]
     if extra:
         text += " (" + ", ".join(extra) + ")"
     return text + (": PASS" if report.exit_code() == 0 else ": FAIL")
@@ -129,6 +130,8 @@ def _table(report):
         row = f"{r.name:<{NAME_WIDTH}} {r.status.upper():<6} "
         if r.status == "missing":
             row += "(no output file)"
+        elif r.status == "unsupported":
+            row = f"{r.name:<{NAME_WIDTH}} {'UNSUP.':<6} {r.error}"
         elif r.status == "error" and not r.measures:
             row += r.error
         else:

@@ -38,9 +38,10 @@ ERROR_CAUSES = {
 
 @dataclass
 class CaseResult:
-    """The outcome of one case: ``status`` is pass, fail, error or missing.
+    """The outcome of one case: ``status`` is pass, fail, error, unsupported or missing.
 
-    An error row has ``error`` (one line) and ``cause`` (a key of :data:`ERROR_CAUSES`).
+    An error row has ``error`` (one line) and ``cause`` (a key of :data:`ERROR_CAUSES`);
+    an unsupported row has the reason in ``error``.
     """
     name: str
     catches: str
@@ -83,8 +84,9 @@ class Report:
         return sum(r.status == status for r in self.results)
 
     def exit_code(self):
-        """0 if every case passed (missing ones only with ``allow_missing``), 1 otherwise."""
-        ok = ("pass", "missing") if self.allow_missing else ("pass",)
+        """0 if every case passed or is unsupported (missing ones only with ``allow_missing``),
+        1 otherwise."""
+        ok = ("pass", "unsupported") + (("missing",) if self.allow_missing else ())
         return 0 if all(r.status in ok for r in self.results) else 1
 
     def causes(self):
@@ -106,6 +108,7 @@ class Report:
             "tolerance": self.tolerance.describe(), "gradients": self.gradients,
             "summary": {"cases": len(self.results), "passed": self.count("pass"),
                         "failed": self.count("fail"), "errors": self.count("error"),
+                        "unsupported": self.count("unsupported"),
                         "missing": self.count("missing"), "causes": self.causes(),
                         "common": None if self.common is None else self.common.to_json(),
                         "exit_code": self.exit_code()},
@@ -289,6 +292,11 @@ def verify(impl, cases, dtype=np.float64, convention=None, tolerance=None, gradi
         expected = expected_for(cc.name, dtype, convention)
         try:
             with quiet():
+                reason = impl.unsupported(case)
+                if reason:
+                    report.results.append(CaseResult(cc.name, cc.catches, "unsupported",
+                                                     error=reason, describe=case.describe()))
+                    continue
                 actual = impl.results(case, convention, grads)
         except ImplementationError as exc:
             result = _error_row(cc, case, exc.cause, str(exc), exc.partial, expected, tolerance)
