@@ -84,10 +84,11 @@ class Report:
         return sum(r.status == status for r in self.results)
 
     def exit_code(self):
-        """0 if every case passed or is unsupported (missing ones only with ``allow_missing``),
-        1 otherwise."""
+        """0 if every case passed or is unsupported (missing ones only with ``allow_missing``)
+        and at least one passed; 1 otherwise (also when nothing could be checked)."""
         ok = ("pass", "unsupported") + (("missing",) if self.allow_missing else ())
-        return 0 if all(r.status in ok for r in self.results) else 1
+        checked = self.count("pass") > 0 or not self.results
+        return 0 if checked and all(r.status in ok for r in self.results) else 1
 
     def causes(self):
         """``{cause: [case names]}`` over the error rows and the diagnosed failures."""
