@@ -79,3 +79,27 @@ def test_a_stateful_implementation_is_not_repeatable():
         assert r.diagnosis.causes == ["not_repeatable"], r.diagnosis.lines()
         assert "an identical call gave a different result" in "\n".join(r.diagnosis.lines())
     assert set(report.causes()) == {"not_repeatable"}
+
+
+def test_unsupported_cases_are_neither_errors_nor_failures():
+    from refdcn.verify.adapters import Implementation
+    from refdcn.verify.runner import Report
+
+    class NoMask(Implementation):
+        name = "no-mask"
+
+        def unsupported(self, case):
+            return "no mask here" if case.mask is not None else ""
+
+        def forward(self, case):
+            import refdcn
+            return refdcn.deform_conv2d(*case.args(), backend="numpy")
+
+    report = verify(NoMask(), cases(["onnx_with_padding", "onnx_mask_bias"]))
+    assert [r.status for r in report.results] == ["pass", "unsupported"]
+    assert report.results[1].error == "no mask here" and report.exit_code() == 0
+    assert report.to_json()["summary"]["unsupported"] == 1
+    # nothing checked at all is not a pass
+    only = verify(NoMask(), cases(["onnx_mask_bias"]))
+    assert only.exit_code() == 1
+    assert Report("x", "", "float64", "torchvision", None, False).exit_code() == 0

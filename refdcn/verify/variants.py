@@ -273,6 +273,15 @@ def _mask_sigmoid(case, geom, convention):
     return r
 
 
+def _mask_varies_over_taps(case, geom):
+    """Whether the case can tell a softmax over the taps from a per-value transform: with the
+    same mask on every tap the softmax is just 1/K (mmcv_small: 0.5 on 4 taps, 0.5**2 = 1/4)."""
+    if case.mask is None or case.input.shape[0] == 0 or geom.taps < 2:
+        return False
+    m = np.asarray(case.mask).reshape(case.mask.shape[0], geom.offset_groups, geom.taps, -1)
+    return bool(np.any(m != m[:, :, :1]))
+
+
 def _mask_softmax(case, geom, convention):
     m = np.asarray(case.mask, np.float64)
     per = m.reshape(m.shape[0], geom.offset_groups, geom.taps, geom.out_h, geom.out_w)
@@ -410,8 +419,7 @@ VARIANTS = [
             "the implementation multiplies by softmax(mask) over the kh*kw taps of each "
             "offset group (InternImage ops_dcnv3 dcnv3.py) instead of the raw mask",
             "use the mask as given (DCNv2 and DCNv4 do); normalise it outside the op",
-            lambda c, g: c.mask is not None and c.input.shape[0] > 0 and g.taps > 1,
-            _mask_softmax),
+            _mask_varies_over_taps, _mask_softmax),
     Variant("mask_ignored",
             "the mask (modulation) is ignored",
             "the result equals DCNv1 on the same offsets",
