@@ -24,6 +24,7 @@ LAYOUT = {
     "openvino-opset1": "torchvision; no mask",
     "mindspore": "planar: all dx, all dy, mask (one tensor)",
     "tvm": "torchvision; no mask, no groups",
+    "tvm-compiled": "torchvision; no mask, no groups",
 }
 
 

@@ -17,7 +17,7 @@ peers=("$@")
 declare -A packages=([openvino]="openvino" [paddle]="paddlepaddle" [mindspore]="mindspore"
                      [tvm]="apache-tvm scipy")
 declare -A adapters=([openvino]="openvino openvino-opset8-nopad openvino-opset1"
-                     [paddle]="paddle" [mindspore]="mindspore" [tvm]="tvm")
+                     [paddle]="paddle" [mindspore]="mindspore" [tvm]="tvm tvm-compiled")
 status=0
 for peer in "${peers[@]}"; do
     if [ -z "${packages[$peer]:-}" ]; then

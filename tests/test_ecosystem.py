@@ -72,9 +72,10 @@ def test_mindspore_float32_passes_the_default_tier():
 
 # --- Apache TVM --------------------------------------------------------------------------------
 
-def test_tvm_border_rule_is_named():
+@pytest.mark.parametrize("name", ["tvm", "tvm-compiled"])
+def test_tvm_border_rule_is_named(name):
     pytest.importorskip("tvm.topi.testing")
-    report = run("tvm")
+    report = run(name)
     s = statuses(report)
     assert s["pass"] and s["fail"] and set(report.causes()) == {"tvm_border"}
     assert all("no mask" in r.error or "no conv groups" in r.error

@@ -54,7 +54,7 @@ GRADIENT_KEYS = ("input", "offset", "mask", "weight", "bias")
 #: Built-in adapter names (refdcn backends are added by :func:`resolve`; the ecosystem
 #: adapters live in :mod:`refdcn.verify.peers`).
 BUILTIN = ("torchvision", "onnxruntime", "onnx-reference", "mmcv", "paddle", "openvino",
-           "openvino-opset8-nopad", "openvino-opset1", "mindspore", "tvm")
+           "openvino-opset8-nopad", "openvino-opset1", "mindspore", "tvm", "tvm-compiled")
 
 FORWARD_SIGNATURE = ("f(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0), "
                      "dilation=(1, 1), mask=None) -> output")

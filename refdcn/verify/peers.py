@@ -15,6 +15,7 @@ never an ERROR.
 ``mindspore``              ``mindspore.ops.deformable_conv2d`` on CPU, float32, gradients by
                            ``mindspore.vjp`` (planar dx / dy / mask offsets)
 ``tvm``                    ``tvm.topi.testing.deformable_conv2d_nchw_python`` (DCNv1)
+``tvm-compiled``           ``tvm.topi.nn.deformable_conv2d_nchw`` compiled for llvm
 =========================  ==========================================================
 """
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from .adapters import AdapterUnavailable, Implementation, one_line
 
-__all__ = ["Paddle", "OpenVino", "MindSpore", "Tvm", "PEERS"]
+__all__ = ["Paddle", "OpenVino", "MindSpore", "Tvm", "TvmCompiled", "PEERS"]
 
 
 def _require(module, install):
@@ -279,6 +280,49 @@ class Tvm(Implementation):
         return np.asarray(out, dtype=case.input.dtype)
 
 
+class TvmCompiled(Tvm):
+    """``tvm.topi.nn.deformable_conv2d_nchw`` compiled for ``llvm`` (default schedule, one
+    module per case shape); the same limits and border rule as :class:`Tvm`."""
+    name = "tvm-compiled"
+
+    def __init__(self):
+        self.tvm = _require("tvm", "pip install apache-tvm scipy")
+        self.te = _require("tvm.te", "pip install apache-tvm scipy")
+        self.topi = _require("tvm.topi", "pip install apache-tvm scipy")
+        self.description = f"Apache TVM {self.tvm.__version__} topi.nn.deformable_conv2d_nchw " \
+                           f"compiled for llvm"
+        self._cache = {}
+
+    def forward(self, case):
+        tvm, te = self.tvm, self.te
+        kh, kw, groups, dg = _attributes(case)
+        dtype = str(case.input.dtype)
+        key = (case.input.shape, case.offset.shape, case.weight.shape, case.stride,
+               case.padding, case.dilation, dtype)
+        if key not in self._cache:
+            data = te.placeholder(case.input.shape, name="data", dtype=dtype)
+            off = te.placeholder(case.offset.shape, name="offset", dtype=dtype)
+            ker = te.placeholder(case.weight.shape, name="kernel", dtype=dtype)
+            out = self.topi.nn.deformable_conv2d_nchw(
+                data, off, ker, tuple(int(v) for v in case.stride),
+                tuple(int(v) for v in case.padding), tuple(int(v) for v in case.dilation), dg,
+                groups, dtype)
+            mod = tvm.IRModule({"main": te.create_prim_func([data, off, ker, out])})
+            self._cache[key] = (tvm.build(mod, target="llvm"),
+                                tuple(int(v) for v in out.shape))
+        lib, out_shape = self._cache[key]
+        dev = tvm.cpu()
+        array = getattr(tvm.runtime, "tensor", None) or tvm.nd.array
+        args = [array(np.ascontiguousarray(a), dev) for a in
+                (case.input, case.offset, case.weight)]
+        args.append(array(np.zeros(out_shape, case.input.dtype), dev))
+        lib(*args)
+        out = args[3].numpy()
+        if case.bias is not None:
+            out = out + case.bias.astype(out.dtype)[None, :, None, None]
+        return out
+
+
 #: name -> constructor, for :func:`refdcn.verify.adapters.resolve`.
 PEERS = {
     "paddle": Paddle,
@@ -287,4 +331,5 @@ PEERS = {
     "openvino-opset1": lambda: OpenVino(1),
     "mindspore": MindSpore,
     "tvm": Tvm,
+    "tvm-compiled": TvmCompiled,
 }
