@@ -40,6 +40,8 @@ def add_arguments(parser):
                                      "<case>/<key>. Exit status: 0 every case passes, 1 a "
                                      "case fails, errors or is missing, 2 a usage error, 3 a "
                                      "malformed file.")
+    chk.epilog = ("exit status: 0 every case passes; 1 a case fails, errors or is missing; 2 a "
+                  "usage error; 3 a malformed manifest, case or outputs file")
     chk.add_argument("directory", metavar="DIR")
     chk.add_argument("outputs", metavar="OUTPUTS")
     chk.add_argument("--dtype", choices=["auto", "float64", "float32"], default="auto",

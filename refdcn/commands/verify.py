@@ -22,6 +22,10 @@ HELP = "check another implementation (torchvision, onnxruntime, mmcv, your funct
 
 
 def add_arguments(parser):
+    parser.epilog = ("exit status: 0 every case passes or is unsupported (at least one passes); "
+                     "1 a case fails or errors, or nothing could be checked; 2 a usage error. "
+                     "JSON causes (summary.causes): see the README, 'Verifying your "
+                     "implementation'.")
     parser.add_argument("impl", nargs="?", metavar="IMPL",
                         help="torchvision | onnxruntime | onnx-reference | mmcv | refdcn:BACKEND "
                              "| package.module:function (torchvision's signature on NumPy "
