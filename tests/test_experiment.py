@@ -91,9 +91,10 @@ def test_network_layout():
     net = sm.build_network(sm.CONFIGS["dcnv2-34"], 0.25)
     kinds = [type(layer).__name__ for layer in net]
     assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d",
-                     "DeformConv2d", "BatchNorm2d", "ReLU", "DeformConv2d", "BatchNorm2d", "ReLU",
+                     "ModulatedDeformConv2dPack", "BatchNorm2d", "ReLU", "ModulatedDeformConv2dPack",
+                     "BatchNorm2d", "ReLU",
                      "GlobalAvgPool2d", "Linear"]
-    assert all(layer.modulation for layer in net if isinstance(layer, nn.DeformConv2d))
+    assert all(layer.modulated for layer in net if isinstance(layer, nn.DeformConv2dPack))
     y = net.forward(np.zeros((2, 1, 56, 56), np.float32))
     assert y.shape == (2, 10) and y.dtype == np.float32
 

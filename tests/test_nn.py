@@ -77,9 +77,9 @@ def _offgrid_deform(rng, modulation):
     """A DeformConv2d with a non-zero offset predictor whose sampling points all lie at least
     0.05 from a grid line (so finite differences never cross a kink of bilinear sampling):
     offsets = integer + 0.5 + a small input-dependent part."""
-    layer = nn.DeformConv2d(2, 3, 3, padding=1, bias=True, modulation=modulation, rng=rng,
-                            dtype=F64)
-    conv = layer.offset_conv
+    kind = nn.ModulatedDeformConv2dPack if modulation else nn.DeformConv2dPack
+    layer = kind(2, 3, 3, padding=1, bias=True, rng=rng, dtype=F64)
+    conv = layer.conv_offset
     conv.weight.data[...] = rng.normal(scale=0.02, size=conv.weight.data.shape)
     conv.bias.data[...] = rng.normal(size=conv.bias.data.shape)   # mask logits
     conv.bias.data[:18] = rng.integers(-2, 3, size=18) + 0.5
@@ -95,16 +95,17 @@ def _offgrid_deform(rng, modulation):
 def test_deform_conv2d_gradients(rng, modulation):
     layer, x = _offgrid_deform(rng, modulation)
     names = {p.name for p in layer.parameters()}
-    assert names == {"dcn.weight", "dcn.bias", "dcn.offset_conv.weight", "dcn.offset_conv.bias"}
+    assert names == {"dcn.weight", "dcn.bias", "dcn.conv_offset.weight", "dcn.conv_offset.bias"}
     check_gradients(layer, x, rng)
 
 
 @pytest.mark.parametrize("modulation", [False, True], ids=["DCNv1", "DCNv2"])
 def test_deform_conv2d_starts_as_plain_convolution(rng, modulation):
     """Zero-initialised offset/mask predictor: offsets 0 and mask 0.5, lr multiplier 0.1."""
-    layer = nn.DeformConv2d(3, 4, 3, padding=1, modulation=modulation, rng=rng, dtype=F64)
-    assert layer.offset_conv.weight.data.shape == (27 if modulation else 18, 3, 3, 3)
-    for p in layer.offset_conv.parameters():
+    kind = nn.ModulatedDeformConv2dPack if modulation else nn.DeformConv2dPack
+    layer = kind(3, 4, 3, padding=1, bias=False, offset_lr_mult=0.1, rng=rng, dtype=F64)
+    assert layer.conv_offset.weight.data.shape == (27 if modulation else 18, 3, 3, 3)
+    for p in layer.conv_offset.parameters():
         assert np.all(p.data == 0) and p.lr_mult == 0.1
     assert layer.weight.lr_mult == 1.0 and layer.bias is None
     x = rng.normal(size=(2, 3, 5, 6))
@@ -207,8 +208,8 @@ def test_whole_network_gradients(rng):
     loss_fn = nn.SoftmaxCrossEntropy()
     # move the offsets off the grid, so finite differences do not cross kinks
     for layer in net:
-        if isinstance(layer, nn.DeformConv2d):
-            layer.offset_conv.bias.data[:18] = 0.37
+        if isinstance(layer, nn.DeformConv2dPack):
+            layer.conv_offset.bias.data[:18] = 0.37
     net.zero_grad()
     loss_fn(net.forward(x), labels)
     net.backward(loss_fn.backward())
@@ -216,8 +217,8 @@ def test_whole_network_gradients(rng):
     for p in net.parameters():
         # the small parameters at both ends and of both offset/mask predictors
         # (every element costs two forwards; the torch test below checks all of them)
-        if p.name in ("conv1.weight", "bn2.weight", "conv3.offset_conv.bias",
-                      "conv4.offset_conv.bias", "fc.bias"):
+        if p.name in ("conv1.weight", "bn2.weight", "conv3.conv_offset.bias",
+                      "conv4.conv_offset.bias", "fc.bias"):
             err = relative_error(p.grad, numerical_gradient(f, p.data, 1.0))
             assert err < FD_RTOL, f"{p.name}: {err:.2e}"
 
@@ -270,8 +271,8 @@ def test_training_step_matches_pytorch(rng):
     from refdcn.experiments.scaled_mnist import CONFIGS, build_network
     net = build_network(CONFIGS["dcnv2-34"], width=1 / 16, rng=rng, dtype=F64)
     for layer in net:   # non-zero offsets and masks, so that their paths matter
-        if isinstance(layer, nn.DeformConv2d):
-            for p in layer.offset_conv.parameters():
+        if isinstance(layer, nn.DeformConv2dPack):
+            for p in layer.conv_offset.parameters():
                 p.data[...] = rng.normal(scale=0.3, size=p.data.shape)
     x = rng.normal(size=(3, 1, 12, 12))
     labels = np.array([1, 4, 9])
@@ -281,10 +282,10 @@ def test_training_step_matches_pytorch(rng):
 
     def torch_forward(t):
         for layer in net:
-            if isinstance(layer, nn.DeformConv2d):
+            if isinstance(layer, nn.DeformConv2dPack):
                 name = layer.weight.name.split(".")[0]
-                z = torch.nn.functional.conv2d(t, tparams[f"{name}.offset_conv.weight"],
-                                               tparams[f"{name}.offset_conv.bias"], padding=1)
+                z = torch.nn.functional.conv2d(t, tparams[f"{name}.conv_offset.weight"],
+                                               tparams[f"{name}.conv_offset.bias"], padding=1)
                 t = tvops.deform_conv2d(t, z[:, :18], tparams[f"{name}.weight"], padding=1,
                                         mask=torch.sigmoid(z[:, 18:]))
             elif isinstance(layer, nn.Conv2d):
@@ -305,7 +306,7 @@ def test_training_step_matches_pytorch(rng):
     tx = torch.tensor(x, requires_grad=True)
     tloss = torch.nn.functional.cross_entropy(torch_forward(tx), torch.tensor(labels))
     tloss.backward()
-    groups = [{"params": [t for n, t in tparams.items() if ("offset_conv" in n) == slow],
+    groups = [{"params": [t for n, t in tparams.items() if ("conv_offset" in n) == slow],
                "lr": 0.001 if slow else 0.01} for slow in (False, True)]
     topt = torch.optim.SGD(groups, lr=0.01, momentum=0.5, weight_decay=1e-4)
     topt.step()

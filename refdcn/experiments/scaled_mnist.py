@@ -16,8 +16,10 @@ Networks (:func:`build_network`, :data:`CONFIGS`)
     Four 3x3 convolutions, padding 1, no bias, 32/64/128/256 channels times
     ``width``, each followed by BatchNorm and ReLU; a 2x2 max-pool after the
     second; global average pooling; a linear layer to 10 classes.  DCN / DCNv2
-    variants replace conv4 or conv3 and conv4 by :class:`refdcn.nn.DeformConv2d`
-    (zero-initialised offset / mask convolutions at 0.1x learning rate).
+    variants replace conv4 or conv3 and conv4 by :class:`refdcn.nn.DeformConv2dPack`
+    (DCN) or :class:`refdcn.nn.ModulatedDeformConv2dPack` (DCNv2): mmcv's
+    layers, with zero-initialised offset / mask convolutions at 0.1x learning
+    rate and PyTorch's initialisation of the main weight, as the original.
 Training (:func:`train`)
     Softmax cross-entropy, SGD with weight decay 1e-4, batch 32; the test set
     is evaluated after every epoch.  The original trained with a constant
@@ -258,10 +260,11 @@ def build_network(config, width=1.0, rng=None, dtype=np.float32, offset_lr_mult=
     layers, c_in = [], 1
     for i, c_out in enumerate(channels(width), start=1):
         if i in config.deformable:
-            layers.append(nn.DeformConv2d(c_in, c_out, 3, padding=1, bias=False,
-                                          modulation=config.modulation,
-                                          offset_lr_mult=offset_lr_mult, rng=rng, dtype=dtype,
-                                          backend=backend, name=f"conv{i}"))
+            layer = nn.ModulatedDeformConv2dPack if config.modulation else nn.DeformConv2dPack
+            # PyTorch's initialisation of the main weight, as the original network's
+            layers.append(layer(c_in, c_out, 3, padding=1, bias=False, init="pytorch",
+                                offset_lr_mult=offset_lr_mult, rng=rng, dtype=dtype,
+                                backend=backend, name=f"conv{i}"))
         else:
             layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False, rng=rng, dtype=dtype,
                                     name=f"conv{i}"))

@@ -32,7 +32,8 @@ class Parameter:
         For messages and tables.
     lr_mult : float
         Learning-rate multiplier (the optimiser uses ``lr * lr_mult``); 0.1
-        for the offset and mask convolutions of :class:`refdcn.nn.DeformConv2d`.
+        for the offset and mask convolutions of the scaled-MNIST experiment's
+        :class:`refdcn.nn.ModulatedDeformConv2dPack` layers.
     """
 
     def __init__(self, data, name="", lr_mult=1.0):
