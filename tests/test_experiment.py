@@ -126,6 +126,9 @@ def test_quick_training_run_loss_falls():
     (["--seed", "1,1"], "--seed"),
     (["--train-images", "4001"], "--train-images"),
     (["--lr", "-1"], "--lr"),
+    (["--lr", "0"], "--lr must be a finite number > 0"),
+    (["--lr", "inf"], "--lr must be a finite number > 0"),
+    (["--lr", "nan"], "--lr must be a finite number > 0"),
     (["--momentum", "1"], "--momentum"),
 ])
 def test_cli_rejects_bad_options(capsys, argv, message):

@@ -322,3 +322,160 @@ def test_training_step_matches_pytorch(rng):
     opt.step()
     for p in net.parameters():
         assert relative_error(p.data, tparams[p.name].detach().numpy()) <= FLOAT64_RTOL, p.name
+
+
+# --- torchvision's contract and mmcv's defaults ---------------------------------------------------
+
+def test_deform_conv2d_follows_torchvision():
+    """Offsets and mask passed to forward; padding 0 and a bias by default; same numbers and
+    five gradients as torchvision.ops.DeformConv2d with the same parameters."""
+    torch = pytest.importorskip("torch")
+    tvops = pytest.importorskip("torchvision.ops")
+    layer = nn.DeformConv2d(4, 6, (3, 2), dilation=(1, 2), groups=2, dtype=F64,
+                            rng=np.random.default_rng(0))
+    assert layer.padding == (0, 0) and layer.stride == (1, 1) and layer.bias is not None
+    theirs = tvops.DeformConv2d(4, 6, (3, 2), dilation=(1, 2), groups=2).double()
+    assert theirs.weight.shape == layer.weight.data.shape
+    theirs.weight.data = torch.tensor(layer.weight.data)
+    theirs.bias.data = torch.tensor(layer.bias.data)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 4, 6, 7))
+    offset = rng.normal(size=(2, 2 * 2 * 6, 4, 5))
+    mask = rng.uniform(size=(2, 2 * 6, 4, 5))
+    for m in (None, mask):
+        y = layer(x, offset, m)
+        t = [torch.tensor(a, requires_grad=True) for a in (x, offset)]
+        tm = None if m is None else torch.tensor(m, requires_grad=True)
+        ty = theirs(*t, tm)
+        assert relative_error(y, ty.detach().numpy()) <= FLOAT64_RTOL
+        g = rng.normal(size=y.shape)
+        layer.zero_grad()
+        gx, goff, gmask = layer.backward(g)
+        ty.backward(torch.tensor(g))
+        assert relative_error(gx, t[0].grad.numpy()) <= FLOAT64_RTOL
+        assert relative_error(goff, t[1].grad.numpy()) <= FLOAT64_RTOL
+        assert (gmask is None) == (m is None)
+        if m is not None:
+            assert relative_error(gmask, tm.grad.numpy()) <= FLOAT64_RTOL
+        assert relative_error(layer.weight.grad, theirs.weight.grad.numpy()) <= FLOAT64_RTOL
+        assert relative_error(layer.bias.grad, theirs.bias.grad.numpy()) <= FLOAT64_RTOL
+        theirs.zero_grad()
+    with pytest.raises(ValueError, match="in_channels must be divisible by groups"):
+        nn.DeformConv2d(3, 6, 3, groups=2)
+
+
+def test_pack_layers_have_mmcv_defaults():
+    """mmcv: DeformConv2dPack bias=False, weight U(+-sqrt(6/fan_in)); Modulated: bias=True and
+    0, weight U(+-1/sqrt(C_in*k*k)); padding 0; conv_offset zero with 2K / 3K channels."""
+    rng = np.random.default_rng(0)
+    v1 = nn.DeformConv2dPack(8, 16, 3, deform_groups=2, rng=rng, dtype=F64)
+    v2 = nn.ModulatedDeformConv2dPack(8, 16, 3, deform_groups=2, rng=rng, dtype=F64)
+    assert v1.bias is None and v2.bias is not None and np.all(v2.bias.data == 0)
+    assert v1.conv.padding == v2.conv.padding == (0, 0)
+    assert v1.conv_offset.weight.data.shape == (2 * 2 * 9, 8, 3, 3)
+    assert v2.conv_offset.weight.data.shape == (3 * 2 * 9, 8, 3, 3)
+    assert all(np.all(p.data == 0) and p.lr_mult == 1.0
+               for layer in (v1, v2) for p in layer.conv_offset.parameters())
+    # the bounds of the uniform draws (2304 values each: the extremes come within 1 %)
+    for layer, bound in ((v1, np.sqrt(6 / 72)), (v2, 1 / np.sqrt(72))):
+        w = layer.weight.data
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.99 * bound
+    x = rng.normal(size=(2, 8, 5, 5))
+    plain = nn.Conv2d(8, 16, 3, bias=False, dtype=F64)
+    plain.weight.data[...] = v2.weight.data
+    assert relative_error(v2.forward(x), 0.5 * plain.forward(x)) <= FLOAT64_RTOL
+    with pytest.raises(ValueError, match="init"):
+        nn.DeformConv2dPack(2, 2, 3, init="xavier")
+
+
+def test_pack_layers_with_deform_groups_and_dilation_gradients(rng):
+    """Offset groups (mmcv's deform_groups), dilation and stride through both paths."""
+    layer = nn.ModulatedDeformConv2dPack(4, 2, (2, 3), stride=(1, 2), padding=(1, 2),
+                                         dilation=(2, 1), deform_groups=2, rng=rng, dtype=F64)
+    conv = layer.conv_offset
+    conv.weight.data[...] = rng.normal(scale=0.01, size=conv.weight.data.shape)
+    conv.bias.data[...] = rng.integers(-2, 3, size=conv.bias.data.shape) + 0.5
+    check_gradients(layer, rng.normal(size=(2, 4, 5, 6)), rng)
+
+
+# --- empty batches, labels, NaN (issue 12 item 4) -------------------------------------------------
+
+def _layers(dtype=F64):
+    rng = np.random.default_rng(5)
+    return [nn.Conv2d(2, 3, 3, padding=1, rng=rng, dtype=dtype),
+            nn.DeformConv2dPack(2, 3, 3, padding=1, rng=rng, dtype=dtype),
+            nn.ModulatedDeformConv2dPack(2, 3, 3, padding=1, rng=rng, dtype=dtype),
+            nn.BatchNorm2d(2, dtype=dtype), nn.BatchNorm2d(2, dtype=dtype).eval(), nn.ReLU(),
+            nn.MaxPool2d(2), nn.GlobalAvgPool2d()]
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_empty_batch_through_every_layer(index):
+    """N = 0: empty outputs and input gradients of the right shape, zero parameter gradients,
+    running statistics unchanged (PyTorch's behaviour)."""
+    layer = _layers()[index]
+    x = np.zeros((0, 2, 4, 4))
+    stats = [s.copy() for s in (getattr(layer, "running_mean", None),
+                                getattr(layer, "running_var", None)) if s is not None]
+    y = layer.forward(x)
+    assert y.shape[0] == 0
+    layer.zero_grad()
+    grad = layer.backward(np.zeros(y.shape))
+    assert grad.shape == x.shape
+    assert all(np.all(p.grad == 0) for p in layer.parameters())
+    for before, now in zip(stats, (getattr(layer, "running_mean", None),
+                                   getattr(layer, "running_var", None))):
+        np.testing.assert_array_equal(before, now)
+
+
+def test_empty_batch_deform_conv2d_and_linear():
+    layer = nn.DeformConv2d(2, 3, 3, dtype=F64)
+    y = layer(np.zeros((0, 2, 4, 4)), np.zeros((0, 18, 2, 2)), np.zeros((0, 9, 2, 2)))
+    gx, goff, gmask = layer.backward(np.zeros(y.shape))
+    assert (gx.shape, goff.shape, gmask.shape) == ((0, 2, 4, 4), (0, 18, 2, 2), (0, 9, 2, 2))
+    fc = nn.Linear(3, 2, dtype=F64)
+    assert fc.backward(fc.forward(np.zeros((0, 3)))[:, :]).shape == (0, 3)
+    loss = nn.SoftmaxCrossEntropy()
+    assert np.isnan(loss(np.zeros((0, 4)), np.zeros(0, int)))       # PyTorch: NaN
+    assert loss.backward().shape == (0, 4)
+
+
+def test_batchnorm_empty_batch_keeps_later_evaluation_finite():
+    bn = nn.BatchNorm2d(2, dtype=F64)
+    bn.forward(np.zeros((0, 2, 3, 3)))
+    bn.eval()
+    assert np.all(np.isfinite(bn.forward(np.ones((1, 2, 3, 3)))))
+
+
+@pytest.mark.parametrize("labels,error,match", [
+    (np.array([0.0, 1.0]), TypeError, "labels must be integer class indices.*float64"),
+    (np.array([True, False]), TypeError, "labels must be integer class indices.*bool"),
+    (np.array(["0", "1"]), TypeError, "labels must be integer class indices"),
+    (np.array([np.nan, 1.0]), TypeError, "labels.*NaN"),
+    (np.array([0, 4]), ValueError, r"labels must lie in \[0, 4\)"),
+    (np.array([-1, 0]), ValueError, r"labels must lie in \[0, 4\)"),
+    (np.array([0, 1, 2]), ValueError, "labels"),
+])
+def test_labels_are_validated(labels, error, match):
+    with pytest.raises(error, match=match):
+        nn.SoftmaxCrossEntropy()(np.zeros((2, 4)), labels)
+
+
+def test_relu_propagates_nan_as_pytorch():
+    torch = pytest.importorskip("torch")
+    x = np.array([np.nan, -1.0, 0.0, 2.0, -np.inf, np.inf])
+    relu = nn.ReLU()
+    y = relu.forward(x)
+    g = relu.backward(np.ones_like(x))
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.relu(tx)
+    ty.backward(torch.ones_like(ty))
+    np.testing.assert_array_equal(y, ty.detach().numpy())          # NaN stays NaN
+    np.testing.assert_array_equal(g, tx.grad.numpy())
+
+
+def test_sgd_rejects_non_finite_learning_rates():
+    a = nn.Parameter(np.array([1.0]), "a")
+    for lr in (np.inf, np.nan, 0.0, -0.1):
+        with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+            nn.SGD([a], lr=lr)

@@ -5,6 +5,7 @@ on refdcn's fastest CPU backend and writes ``results.md``, ``results.csv``,
 ``history.csv`` and ``accuracy.png`` into ``--out``.
 """
 
+import math
 import os
 import sys
 import time
@@ -82,8 +83,8 @@ def resolve(args):
     if epochs < 1:
         raise UsageError(f"--epochs must be >= 1; got {epochs}")
     lr, momentum, schedule = pick("lr"), pick("momentum"), pick("schedule")
-    if not lr > 0:
-        raise UsageError(f"--lr must be > 0; got {lr:g}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise UsageError(f"--lr must be a finite number > 0; got {lr:g}")
     if not 0 <= momentum < 1:
         raise UsageError(f"--momentum must be in [0, 1); got {momentum:g}")
     if not 1 <= train_images <= base.train_images:

@@ -22,7 +22,8 @@ class BatchNorm2d(Module):
     momentum : float (0.1)
     dtype : float32 or float64
 
-    Shapes: (N, C, H, W) -> (N, C, H, W).
+    Shapes: (N, C, H, W) -> (N, C, H, W).  An empty batch (N = 0) gives an
+    empty output and leaves the running statistics unchanged, as PyTorch does.
     """
 
     def __init__(self, channels, eps=1e-5, momentum=0.1, dtype=np.float32, name="bn"):
@@ -38,8 +39,11 @@ class BatchNorm2d(Module):
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"BatchNorm2d expects input of shape (N, {self.channels}, H, W); "
                              f"got {x.shape}")
-        if self.training:
-            count = x.shape[0] * x.shape[2] * x.shape[3]
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        if self.training and count == 0:        # PyTorch: nothing to learn from, stats kept
+            mean, var = np.zeros_like(self.running_mean), np.ones_like(self.running_var)
+            centred = x - mean[:, None, None]
+        elif self.training:
             mean = x.mean(axis=(0, 2, 3))
             centred = x - mean[:, None, None]
             var = np.mean(centred * centred, axis=(0, 2, 3))
@@ -66,7 +70,7 @@ class BatchNorm2d(Module):
         scale = (self.weight.data * inv_std)[:, None, None]
         if not training:
             return scale * dy
-        count = dy.shape[0] * dy.shape[2] * dy.shape[3]
+        count = max(dy.shape[0] * dy.shape[2] * dy.shape[3], 1)   # N = 0: dy is empty
         return scale * (dy - (sum_dy / count)[:, None, None]
                         - x_hat * (sum_dy_xhat / count)[:, None, None])
 
@@ -75,14 +79,19 @@ class BatchNorm2d(Module):
 
 
 class ReLU(Module):
-    """``max(x, 0)``; the gradient passes where ``x > 0``."""
+    """``max(x, 0)`` with NaN propagated; the gradient passes where ``x > 0`` or x is NaN.
+
+    As ``torch.relu``: NaN stays NaN (so a diverged network shows a NaN loss
+    rather than a finite one), and its backward, which zeroes the gradient
+    where the output is ``<= 0``, passes the gradient at NaN.
+    """
 
     def forward(self, x):
-        self._positive = x > 0
-        return np.where(self._positive, x, 0).astype(x.dtype, copy=False)
+        self._blocked = x <= 0          # False for NaN
+        return np.where(self._blocked, 0, x).astype(x.dtype, copy=False)
 
     def backward(self, grad_output):
-        return np.where(self._positive, grad_output, 0).astype(grad_output.dtype, copy=False)
+        return np.where(self._blocked, 0, grad_output).astype(grad_output.dtype, copy=False)
 
 
 class MaxPool2d(Module):

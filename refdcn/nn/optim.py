@@ -1,5 +1,7 @@
 """Stochastic gradient descent with momentum, weight decay and parameter groups."""
 
+import math
+
 from .module import Parameter
 
 __all__ = ["SGD"]
@@ -29,8 +31,8 @@ class SGD:
     """
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0):
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0; got {lr!r}")
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"lr must be a finite number > 0; got {lr!r}")
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1); got {momentum!r}")
         if not weight_decay >= 0:
