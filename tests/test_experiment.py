@@ -99,6 +99,21 @@ def test_network_layout():
     assert y.shape == (2, 10) and y.dtype == np.float32
 
 
+def test_only_the_readme_settings_are_tabulated_beside_the_original(tmp_path):
+    """The README's settings get the original's columns; any other run is marked as such."""
+    assert sm.comparable_with_original(sm.Settings())
+    assert not sm.comparable_with_original(sm.Settings(width=0.125))
+    row = dict(config="plain", label="w/o DCN", seeds="0", test_accuracy=93.0,
+               test_accuracy_std=float("nan"), test_loss=0.3, test_loss_std=float("nan"),
+               train_seconds=60.0, parameters=1000, backend="numba", original_accuracy=97.22,
+               original_loss=0.113, per_seed_accuracy="93.00")
+    for settings, shown in ((sm.Settings(), True), (sm.Settings(epochs=3), False)):
+        path = tmp_path / "results.md"
+        sm.write_table_md([row], settings, path)
+        text = path.read_text()
+        assert ("97.22" in text) == shown and ("Not a reproduction run" in text) != shown
+
+
 def test_learning_rate_schedules():
     s = sm.Settings(lr=0.2, schedule="cosine")
     assert sm.learning_rate(s, 0, 100) == pytest.approx(0.2)
@@ -164,7 +179,9 @@ def test_cli_writes_table_and_plot_and_adds_seeds(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert rows[0]["seeds"] == "0 1" and rows[0]["test_accuracy_std"] != "nan"
     md = open(os.path.join(out, "results.md")).read()
-    assert "DCN@conv4" in md and "97.22" in md and "±" in md
+    assert "DCN@conv4" in md and "±" in md
+    # a small run is not set beside the original's accuracies, and says why
+    assert "97.22" not in md and "Not a reproduction run" in md
     # runs made with other settings are not mixed in
     assert cli.main(common[:-3] + ["--epochs", "2", "--out", out, "--no-progress"]) == 0
     with open(os.path.join(out, "results.csv")) as f:
@@ -178,5 +195,6 @@ def test_cli_quick_run_passes(tmp_path, capsys):
     assert cli.main(["experiment", "scaled-mnist", "--quick", "--no-progress", "--out", out]) == 0
     text = capsys.readouterr().out
     assert "the training loss fell in every run" in text
+    assert "Not a reproduction run" in text.split("\n")[1]       # said before any result
     with open(os.path.join(out, "results.csv")) as f:
         assert len(list(csv.DictReader(f))) == 5

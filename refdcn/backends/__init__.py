@@ -25,6 +25,8 @@ Code and tests ask :func:`capabilities`, never compare backend names.
 from dataclasses import dataclass
 import importlib
 
+from ..install_hints import cython_hint
+
 __all__ = ["BackendUnavailable", "Capabilities", "REGISTRY", "INSTALL_HINTS", "available",
            "unavailable", "get", "describe", "fastest_cpu", "capabilities"]
 
@@ -80,10 +82,10 @@ REGISTRY = {
     "cuda": "refdcn.backends.cuda",
 }
 
-#: How to make each optional backend available.
+#: How to make each optional backend available (a string, or a function computing it).
 INSTALL_HINTS = {
     "numba": "pip install numba",
-    "cython": "reinstall refdcn from source with a C compiler: pip install .",
+    "cython": cython_hint,
     "cuda": "pip install 'refdcn[cuda]' (numba-cuda) on a machine with an NVIDIA GPU and driver, "
             "or set NUMBA_ENABLE_CUDASIM=1 to run on the CUDA simulator",
 }
@@ -108,7 +110,10 @@ def _load(name):
         if not isinstance(exc, (ImportError, BackendUnavailable)):
             reason = f"loading it raised {type(exc).__name__}: {reason}"
         hint = INSTALL_HINTS.get(name)
-        _errors[name] = f"{reason} (to enable: {hint})" if hint and hint not in reason else reason
+        hint = hint() if callable(hint) else hint
+        # said once: a reason that already says what to install keeps its own advice
+        said = hint and (hint in reason or "pip install" in reason and "pip install" in hint)
+        _errors[name] = reason if not hint or said else f"{reason} (to enable: {hint})"
         return None
     _modules[name] = module
     return module

@@ -54,8 +54,9 @@ def _import_kernels():
 try:
     _kernels = _import_kernels()
 except ImportError as exc:          # not built (no compiler), or built for another Python
-    raise ImportError("the Cython extension refdcn._cy.kernels was not built: reinstall refdcn "
-                      f"from source with a C compiler: pip install . ({exc})") from None
+    from ..install_hints import cython_hint
+    raise ImportError(f"the Cython extension refdcn._cy.kernels was not built ({exc}): "
+                      f"{cython_hint()}") from None
 
 
 NAME = "cython"

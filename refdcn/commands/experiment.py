@@ -125,9 +125,13 @@ def run(args):
     from ..cli import UsageError
     from .. import backends
     from ..experiments import scaled_mnist as sm
+    from ..install_hints import require
     settings, seeds, configs, out = resolve(args)
-    try:
+    try:                                # every missing piece named before training starts
         sm.load_data()
+        require("matplotlib", "experiment", "refdcn experiment (the accuracy plot)")
+        if not args.no_progress:
+            require("tqdm", "experiment", "refdcn experiment (progress bars; or --no-progress)")
     except ImportError as exc:
         raise UsageError(str(exc)) from None
     try:
@@ -140,6 +144,9 @@ def run(args):
           f"{settings.train_images}/{settings.test_images} train/test digits, SGD lr "
           f"{settings.lr:g} ({settings.schedule}) momentum {settings.momentum:g}, backend "
           f"{backends.fastest_cpu()}", flush=True)
+    if not sm.comparable_with_original(settings):
+        print(sm.NOT_COMPARABLE + (" --quick checks only that the training loss falls."
+                                   if args.quick else ""), flush=True)
     status, t0 = 0, time.perf_counter()
     for seed in seeds:
         data = sm.ScaledMNIST(seed, settings.data_seed, settings.train_images,
