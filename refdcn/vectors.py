@@ -177,8 +177,9 @@ def export(directory, cases=None, onnx=True, opset=19):
         try:
             import onnx as _onnx  # noqa: F401
         except ImportError as exc:
-            raise ImportError(f"the ONNX layout needs the onnx package ({exc}); install it with "
-                              f"pip install onnx, or export without it") from None
+            raise ImportError(f"the ONNX layout needs the onnx package ({exc}): "
+                              f"pip install 'refdcn[onnx]', or export without it: "
+                              f"refdcn vectors export DIR --no-onnx") from None
     os.makedirs(os.path.join(directory, "cases"), exist_ok=True)
     entries = []
     for cc in cases:
@@ -192,6 +193,8 @@ def export(directory, cases=None, onnx=True, opset=19):
             "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
                        for k, v in arrays.items() if not k.startswith("f32_")},
             "onnx": None, "onnx_float32": None,
+            "onnx_omitted": (None if onnx and cc.onnx else
+                             "exported with --no-onnx" if not onnx else cc.onnx_omitted),
         }
         if onnx and cc.onnx:
             for key, dtype in (("onnx", np.float64), ("onnx_float32", np.float32)):

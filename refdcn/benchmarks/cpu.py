@@ -123,8 +123,10 @@ def limit_threads(threads):
         keep = threadpool_limits(limits=threads, user_api="blas")
         info["blas"] = threads
     except ImportError:
-        info["blas"] = (f"not limited (threadpoolctl missing; OPENBLAS_NUM_THREADS="
-                        f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')})")
+        from ..install_hints import extra_command
+        info["blas"] = (f"not limited (OPENBLAS_NUM_THREADS="
+                        f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; to limit it: "
+                        f"{extra_command('bench')})")
     try:
         import numba
         available = numba.config.NUMBA_NUM_THREADS
@@ -398,19 +400,24 @@ def run_cpu_benchmark(settings, json_path=None, out=None):
     ``settings`` is a :class:`Settings`; ``json_path`` (optional) receives
     the machine, the settings, the matmul rate and every row as JSON.
     """
-    from tqdm import tqdm
+    from ..install_hints import optional
+    tqdm = getattr(optional("tqdm"), "tqdm", None)    # progress bar only if installed
     out = sys.stdout if out is None else out
     dtype = np.dtype(settings.dtype)
     keep, settings.thread_info = limit_threads(settings.threads)
     notes = {}
     matmul = matmul_rate(dtype, settings.repeats, settings.warmup)
     rows = []
-    progress = tqdm(settings.shapes, desc="refdcn bench", unit="shape", file=sys.stderr,
-                    disable=None, leave=False)
-    for shape in progress:
-        progress.set_postfix_str(format_shape(shape))
+    progress = (tqdm(settings.shapes, desc="refdcn bench", unit="shape", file=sys.stderr,
+                     disable=None, leave=False) if tqdm else None)
+    for shape in settings.shapes:
+        if progress:
+            progress.set_postfix_str(format_shape(shape))
         rows += bench_shape(shape, settings, notes)
-    progress.close()
+        if progress:
+            progress.update()
+    if progress:
+        progress.close()
     matmul_end = matmul_rate(dtype, settings.repeats, settings.warmup)
     matmul = max(matmul, matmul_end)
     for r in rows:

@@ -79,6 +79,9 @@ def run(args):
               f"{vectors.MANIFEST}, cases/*.npz"
               + (f", onnx/ and onnx_float32/ ({n_onnx} cases, opset {args.opset})"
                  if n_onnx else ""))
+        for e in manifest["cases"]:
+            if e["onnx_omitted"] and not args.no_onnx:
+                print(f"  not in the ONNX layout: {e['name']}: {e['onnx_omitted']}")
         return 0
     if args.action == "check":
         from ..verify.report import format_json, format_text

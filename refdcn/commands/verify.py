@@ -12,6 +12,8 @@ Exit status: 0 every case passes; 1 a case fails or errors; 2 a usage error
 (unknown IMPL, a library that is missing, an IMPL that cannot be loaded).
 """
 
+import os
+
 import numpy as np
 
 from .. import api, backends, conformance
@@ -82,6 +84,21 @@ def _list():
     return 0
 
 
+def _file_hint(*specs):
+    """A hint for IMPL / --backward written as a file (``mydcn.py:fn``, ``./mydcn.py``)."""
+    for option, spec in zip(("refdcn verify", "--backward"), specs):
+        if not spec:
+            continue
+        path, _, func = spec.partition(":")
+        if path.endswith(".py") or os.sep in path or "/" in path:
+            folder, name = os.path.split(path[:-3] if path.endswith(".py") else path)
+            module = name.replace(os.sep, ".")
+            where = f" from its folder (cd {folder})" if folder not in ("", ".") else ""
+            return (f"\nhint: {spec!r} looks like a file; refdcn verify takes a module name "
+                    f"and a function: {option} {module}:{func or 'FUNCTION'}{where}")
+    return ""
+
+
 def run(args):
     from ..cli import UsageError
     from ..verify import AdapterUnavailable, Tolerance, resolve, verify
@@ -106,7 +123,7 @@ def run(args):
         else:       # IMPL is imported in the child only: an import that exits cannot end us
             impl = Isolated(args.impl, args.backward, opset=args.opset, timeout=args.timeout)
     except AdapterUnavailable as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(str(exc) + _file_hint(args.impl, args.backward)) from None
     dtype = np.dtype(args.dtype)
     report = verify(impl, cases, dtype, args.convention, Tolerance(dtype, args.rtol, args.strict),
                     gradients=not args.forward_only)

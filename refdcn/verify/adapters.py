@@ -232,8 +232,8 @@ class Torchvision(Implementation):
             import torchvision.ops
         except ImportError as exc:
             raise AdapterUnavailable(
-                f"torchvision is not installed here ({exc}); install it with: "
-                f"pip install torch torchvision") from None
+                f"torchvision is not installed here ({exc}): "
+                f"pip install 'refdcn[peers]'") from None
         self.torch, self.op = torch, torchvision.ops.deform_conv2d
         self.description = f"torchvision {torchvision.__version__} (torch {torch.__version__}, CPU)"
 
@@ -391,8 +391,8 @@ class OnnxRuntime(_Onnx):
             import onnx  # noqa: F401
             import onnxruntime
         except ImportError as exc:
-            raise AdapterUnavailable(f"onnx and onnxruntime are needed ({exc}); install them "
-                                     f"with: pip install onnx onnxruntime") from None
+            raise AdapterUnavailable(f"onnx and onnxruntime are needed ({exc}): "
+                                     f"pip install 'refdcn[onnx]'") from None
         self.ort = onnxruntime
         self.description = f"onnxruntime {onnxruntime.__version__}, DeformConv opset {opset}, CPU"
 
@@ -413,8 +413,8 @@ class OnnxReference(_Onnx):
             import onnx
             from onnx.reference import ReferenceEvaluator
         except ImportError as exc:
-            raise AdapterUnavailable(f"onnx is needed ({exc}); install it with: "
-                                     f"pip install onnx") from None
+            raise AdapterUnavailable(f"onnx is needed ({exc}): "
+                                     f"pip install 'refdcn[onnx]'") from None
         self.evaluator = ReferenceEvaluator
         self.description = f"onnx {onnx.__version__} ReferenceEvaluator, DeformConv opset {opset}"
 
