@@ -36,3 +36,17 @@ def test_every_shared_bilinear_function_is_documented():
     for name, obj in vars(bilinear).items():
         if inspect.isfunction(obj):
             assert inspect.getdoc(obj), name
+
+
+def test_readme_python_examples_run():
+    """Every ```python block of the README runs as written (in order, like a reader would)."""
+    import importlib.util
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        if "torch" in block and importlib.util.find_spec("torch") is None:
+            continue                                   # the torch extra is not installed
+        exec(compile(block, "README.md", "exec"), {})
