@@ -62,3 +62,72 @@ def test_committed_executed_without_errors(path):
 def test_no_machine_specific_paths(path):
     for cell in _load(path)["cells"]:
         assert not MACHINE_PATHS.search(_source(cell)), _source(cell)[:200]
+
+
+# --- prose where it belongs, outputs that are current, figures that match the convention ---------
+
+#: A comment line that is a markdown heading: "# ## 6.5 Title", "# # Title", "# 6.5 Title".
+HEADING_COMMENT = re.compile(r"^#\s*(#{1,6}\s+\S|\d+(\.\d+)+\s+[A-Z])")
+
+
+def _comment_lines(source):
+    return [line.strip() for line in source.splitlines()]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_markdown_written_as_comments_in_code_cells(path):
+    """Headings and prose paragraphs go in markdown cells, where they render (a heading left as
+    a comment at the end of a code cell made 06 jump from 6.4 to 6.6)."""
+    for index, cell in enumerate(_load(path)["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        lines = _comment_lines(_source(cell))
+        headings = [line for line in lines if HEADING_COMMENT.match(line)]
+        assert not headings, f"cell {index}: a heading written as a comment: {headings[0]!r}"
+        # a paragraph: 3+ consecutive comment lines closing the cell, nothing after them
+        tail = 0
+        for line in reversed(lines):
+            if not line:
+                continue
+            if not line.startswith("#"):
+                break
+            tail += 1
+        assert tail < 3, f"cell {index}: ends with a {tail}-line comment paragraph (markdown?)"
+
+
+#: ``extent=(g[0], g[-1], ...)``: the samples of grid ``g`` drawn as cells that *start* at their
+#: coordinates, i.e. shifted by half a sample; the notebooks put pixel centres (and samples) at
+#: their coordinates, so an extent must reach half a spacing beyond the first and last sample.
+UNCENTRED_EXTENT = re.compile(r"extent=\(\s*(\w+)\[0\]\s*,\s*\1\[-1\]")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_figure_extents_follow_the_coordinate_convention(path):
+    for index, cell in enumerate(_load(path)["cells"]):
+        if cell["cell_type"] == "code":
+            match = UNCENTRED_EXTENT.search(_source(cell))
+            assert not match, (f"cell {index}: {match.group(0)} draws samples half a spacing "
+                               f"off their coordinates (pixel centres are at integers)")
+
+
+def test_the_static_checks_can_fail():
+    """The two patterns above catch the faults they were written for."""
+    assert HEADING_COMMENT.match("# ## 6.5 Gradients, and the convention question")
+    assert HEADING_COMMENT.match("# 6.5 Gradients")
+    assert not HEADING_COMMENT.match("# 2 taps, 3 channels")
+    assert UNCENTRED_EXTENT.search("ax.imshow(img, extent=(gx[0], gx[-1], gy[-1], gy[0]))")
+    assert not UNCENTRED_EXTENT.search("extent=(gx[0] - sx / 2, gx[-1] + sx / 2, 1, 0)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_saved_outputs_are_what_the_cells_print_now(path, monkeypatch):
+    """Executes the notebook (small sizes) and compares the text of every cell's outputs with
+    the saved one, except what depends on the machine (tests/notebook_outputs.py)."""
+    pytest.importorskip("nbclient")
+    import notebook_outputs
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    stale = notebook_outputs.stale_cells(str(path))
+    assert not stale, "stale saved output (re-run: jupyter nbconvert --to notebook --execute " \
+        f"--inplace {path.name}):\n" + "\n".join(f"cell {i}:\n--- saved\n{a}\n--- now\n{b}"
+                                                  for i, a, b in stale[:2])

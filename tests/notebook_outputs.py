@@ -1,0 +1,72 @@
+"""Execute a notebook and compare the text it prints with its saved outputs.
+
+Used by ``tests/test_notebooks.py`` (and runnable by hand:
+``python tests/notebook_outputs.py notebooks/01_*.ipynb``).  The text parts of
+the outputs (streams, and the ``text/plain`` of results) must be what the cell
+prints now, except the parts that depend on the machine rather than on the
+notebook: versions, the Numba threading layer, CPU counts and load, paths, and
+(in timing cells, marked by the words in :data:`TIMING`) the measured numbers.
+"""
+
+import copy
+import os
+import re
+import sys
+
+VERSION = re.compile(r"((?:Python|NumPy|numpy|Numba|numba|torch|torchvision|onnx|onnxruntime|"
+                     r"Cython|opset|version)\s*)\d+(?:\.\d+)*\S*")
+CPUS = re.compile(r"\d+ (logical CPUs|cores|Numba threads|threads)")
+LOAD = re.compile(r"load average[^\n]*")
+#: A cell whose source mentions one of these measures time: its numbers are masked.
+TIMING = ("perf_counter", "timeit", "time.time(")
+NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def output_text(cell):
+    """The text parts of a code cell's outputs, joined."""
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream" and out.get("name") == "stdout":
+            parts.append("".join(out.get("text", "")))
+        elif out.get("output_type") in ("execute_result", "display_data"):
+            text = out.get("data", {}).get("text/plain")
+            if text is not None and "image/png" not in out.get("data", {}):
+                parts.append("".join(text))
+    return "".join(parts)
+
+
+def normalise(text, timing):
+    text = VERSION.sub(lambda m: m.group(1) + "<version>", text)
+    text = re.sub(r"\b(?:omp|tbb|workqueue) threading layer", "<layer> threading layer", text)
+    text = CPUS.sub(lambda m: "<n> " + m.group(1), text)
+    text = LOAD.sub("load average <load>", text)
+    text = re.sub(r"/\S+", "<path>", text)
+    if timing:
+        text = NUMBER.sub("<n>", text)
+    return text
+
+
+def stale_cells(path, timeout=900):
+    """``[(cell index, saved text, current text)]`` for every code cell whose text changed."""
+    import nbformat
+    from nbclient import NotebookClient
+    saved = nbformat.read(path, as_version=4)
+    fresh = copy.deepcopy(saved)
+    NotebookClient(fresh, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}}
+                   ).execute()
+    stale = []
+    for i, (old, new) in enumerate(zip(saved.cells, fresh.cells)):
+        if old.cell_type != "code":
+            continue
+        timing = any(word in old.source for word in TIMING)
+        a, b = normalise(output_text(old), timing), normalise(output_text(new), timing)
+        if a != b:
+            stale.append((i, a, b))
+    return stale
+
+
+if __name__ == "__main__":
+    for path in sys.argv[1:]:
+        for i, a, b in stale_cells(path):
+            print(f"{path} cell {i}:\n--- saved\n{a}\n--- now\n{b}\n")
