@@ -5,7 +5,8 @@ Used by ``tests/test_notebooks.py`` (and runnable by hand:
 the outputs (streams, and the ``text/plain`` of results) must be what the cell
 prints now, except the parts that depend on the machine rather than on the
 notebook: versions, the Numba threading layer, CPU counts and load, paths, and
-(in timing cells, marked by the words in :data:`TIMING`) the measured numbers.
+in timing cells (marked by the words in :data:`TIMING`, or printing milliseconds) the
+measured numbers.
 """
 
 import copy
@@ -17,8 +18,12 @@ VERSION = re.compile(r"((?:Python|NumPy|numpy|Numba|numba|torch|torchvision|onnx
                      r"Cython|opset|version)\s*)\d+(?:\.\d+)*\S*")
 CPUS = re.compile(r"\d+ (logical CPUs|cores|Numba threads|threads)")
 LOAD = re.compile(r"load average[^\n]*")
+PATH = re.compile(r"(?<![\w|)])/(?:[\w.-]+/)+[\w.-]*")
+#: Errors at the level of float64 rounding (< 1e-12) depend on the BLAS and thread count.
+ROUNDING = re.compile(r"\b\d(?:\.\d+)?e-(?:1[3-9]|[2-9]\d|3\d\d)\b")
 #: A cell whose source mentions one of these measures time: its numbers are masked.
 TIMING = ("perf_counter", "timeit", "time.time(")
+MILLISECONDS = re.compile(r"\d ms\b")
 NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
@@ -40,9 +45,10 @@ def normalise(text, timing):
     text = re.sub(r"\b(?:omp|tbb|workqueue) threading layer", "<layer> threading layer", text)
     text = CPUS.sub(lambda m: "<n> " + m.group(1), text)
     text = LOAD.sub("load average <load>", text)
-    text = re.sub(r"/\S+", "<path>", text)
-    if timing:
-        text = NUMBER.sub("<n>", text)
+    text = PATH.sub("<path>", text)
+    text = ROUNDING.sub("<rounding>", text)
+    if timing or MILLISECONDS.search(text):
+        text = re.sub(r"[ \t]+", " ", NUMBER.sub("<n>", text))
     return text
 
 

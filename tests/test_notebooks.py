@@ -1,7 +1,9 @@
-"""Static checks of the teaching notebooks (CI executes them with ``pytest --nbmake notebooks/``).
+"""The teaching notebooks: executed, current, and committed the way the project promises.
 
-These tests do not run the notebooks; they check that each one is committed the
-way the project promises: numbered in reading order, opening with what it
+:func:`test_saved_outputs_are_what_the_cells_print_now` executes every notebook
+(small sizes) and compares what its cells print with the saved outputs; the
+other tests are static and check that each notebook is committed the way the
+project promises: numbered in reading order, opening with what it
 teaches and what it assumes, with the small/full parameters cell, executed
 (outputs and figures stored, no error output), and free of machine-specific paths.
 """
@@ -119,14 +121,12 @@ def test_the_static_checks_can_fail():
     assert not UNCENTRED_EXTENT.search("extent=(gx[0] - sx / 2, gx[-1] + sx / 2, 1, 0)")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_saved_outputs_are_what_the_cells_print_now(path, monkeypatch):
+def test_saved_outputs_are_what_the_cells_print_now(path):
     """Executes the notebook (small sizes) and compares the text of every cell's outputs with
     the saved one, except what depends on the machine (tests/notebook_outputs.py)."""
     pytest.importorskip("nbclient")
     import notebook_outputs
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     stale = notebook_outputs.stale_cells(str(path))
     assert not stale, "stale saved output (re-run: jupyter nbconvert --to notebook --execute " \
         f"--inplace {path.name}):\n" + "\n".join(f"cell {i}:\n--- saved\n{a}\n--- now\n{b}"
