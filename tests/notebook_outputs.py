@@ -58,9 +58,14 @@ def stale_cells(path, timeout=900):
     from nbclient import NotebookClient
     saved = nbformat.read(path, as_version=4)
     fresh = copy.deepcopy(saved)
-    NotebookClient(fresh, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}}
-                   ).execute()
+    backend = os.environ.pop("MPLBACKEND", None)    # the kernel's inline backend, as when saved
+    try:
+        NotebookClient(fresh, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}}
+                       ).execute()
+    finally:
+        if backend is not None:
+            os.environ["MPLBACKEND"] = backend
     stale = []
     for i, (old, new) in enumerate(zip(saved.cells, fresh.cells)):
         if old.cell_type != "code":
