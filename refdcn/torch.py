@@ -54,18 +54,9 @@ except ImportError as exc:                       # pragma: no cover - needs torc
 from torch.autograd.function import once_differentiable
 
 from . import api, backends
+from .geometry import as_pair
 
 __all__ = ["deform_conv2d", "DeformConv2d", "DeformConv2dFunction"]
-
-
-def _pair(value, name):
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints; got {value!r}")
-        return tuple(int(v) for v in value)
-    if isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be an int or a pair of ints; got a tensor")
-    return (int(value), int(value))
 
 
 def _backend_for(backend, tensor):
@@ -249,10 +240,10 @@ class DeformConv2d(torch.nn.Module):
                              f"{out_channels}, groups={groups}")
         api.convention_code(convention)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
+        self.kernel_size = as_pair(kernel_size, "kernel_size", 1)
+        self.stride = as_pair(stride, "stride", 1)
+        self.padding = as_pair(padding, "padding", 0)
+        self.dilation = as_pair(dilation, "dilation", 1)
         self.backend, self.convention = backend, convention
         self.weight = torch.nn.Parameter(torch.empty(out_channels, in_channels // groups,
                                                      *self.kernel_size))
