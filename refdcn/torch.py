@@ -64,8 +64,7 @@ def _backend_for(backend, tensor):
     on_cuda = tensor.device.type == "cuda"
     if backend == "auto":
         return "cuda" if on_cuda else backends.fastest_cpu()
-    device = getattr(backends.get(backend), "DEVICE", "cpu")
-    if on_cuda and device != "cuda":
+    if on_cuda and backends.capabilities(backend).device != "cuda":
         raise ValueError(f"backend {backend!r} runs on the CPU but input is on {tensor.device}; "
                          f"use backend='cuda' or 'auto', or move the tensors with .cpu()")
     return backend

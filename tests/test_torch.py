@@ -22,9 +22,8 @@ from refdcn import backends  # noqa: E402
 from refdcn.testing import make_case  # noqa: E402
 from refdcn.tolerances import FLOAT64_RTOL, relative_error  # noqa: E402
 
-CPU_BACKENDS = [b for b in backends.available()
-                if getattr(backends.get(b), "DEVICE", "cpu") == "cpu"]
-FAST_CPU = [b for b in CPU_BACKENDS if b != "reference"]
+CPU_BACKENDS = [b for b in backends.available() if backends.capabilities(b).device == "cpu"]
+FAST_CPU = [b for b in CPU_BACKENDS if not backends.capabilities(b).oracle]
 NAMES = ("input", "offset", "weight", "bias", "mask")
 
 
@@ -308,7 +307,7 @@ def test_jit_trace_is_refused_rather_than_baking_in_a_constant():
                         (t["input"], t["offset"], t["weight"]))
 
 
-@pytest.mark.skipif("cuda" not in backends.available(), reason="no cuda backend (simulator)")
+@pytest.mark.skipif("cuda" not in backends.available(), reason="the cuda backend is not available")
 def test_cuda_backend_through_the_bridge():
     """CPU tensors on the cuda backend (the simulator here): same numbers as the CPU backends."""
     case = make_case(seed=9, batch=1, in_channels=2, out_channels=2, height=3, width=3,
