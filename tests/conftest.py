@@ -12,7 +12,7 @@ if "NUMBA_ENABLE_CUDASIM" not in os.environ and not (
         os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi")):
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
-PEERS = ("torch", "torchvision", "onnx", "onnxruntime")
+PEERS = ("torch", "torchvision", "onnx", "onnxruntime", "openvino")
 
 
 def pytest_terminal_summary(terminalreporter):
