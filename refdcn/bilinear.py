@@ -84,6 +84,23 @@ def sampling_point(out_index, stride, padding, tap, dilation, delta):
     return out_index * stride - padding + tap * dilation + delta
 
 
+def scaled_sampling_point(out_index, stride, padding, tap, dilation, delta, centre, scale):
+    """One coordinate of a DCNv3/DCNv4 sampling point: the footprint scaled about its centre.
+
+    ``centre = (dilation * (k - 1)) // 2`` is the kernel centre's distance from
+    tap 0; the point is ``c + (tap * dilation - centre + delta) * scale`` with
+    ``c = out_index * stride - padding + centre``, i.e. the regular tap
+    position plus the learned offset, both scaled by ``offset_scale`` about
+    the kernel centre (InternImage ``dcnv3_im2col_cuda.cuh`` /
+    OpenGVLab/DCNv4 ``dcnv4_im2col_cuda.cuh``: ``p0_ + (tap*dil + off) *
+    offset_scale`` with ``p0_ = c - centre * offset_scale``).  With
+    ``scale = 1`` it is :func:`sampling_point` (up to the order of the
+    additions).  Works on scalars and on broadcastable arrays.
+    """
+    return sampling_point(out_index, stride, padding, centre, 1,
+                          (tap * dilation - centre + delta) * scale)
+
+
 def locate(y, x, height, width, closed_at_minus_one):
     """Floor corner and fractional parts of the sampling point ``(y, x)``.
 
