@@ -252,3 +252,14 @@ def test_backends_without_dcnv34_kernels_say_so():
         refdcn.dcnv3(case.input, case.offset, case.mask, **attrs, backend="cython")
     with pytest.raises(ValueError, match="backend"):
         refdcn.dcnv3(case.input, case.offset, case.mask, **attrs, backend="nope")
+
+
+def test_bench_dcnv34_smoke(capsys):
+    from refdcn.benchmarks import dcnv34 as bench
+    rows = bench.run("dcnv4", shapes=[(1, 4, 5, 2, 2)], repeats=1, warmup=0, threads=1)
+    impls = [r["impl"] for r in rows]
+    assert impls[:len(FAST)] == [f"refdcn:{b}" for b in FAST]
+    assert all(r["forward_ms"] > 0 and r["forward_backward_ms"] > 0 for r in rows)
+    if "torch grid_sample" in impls:
+        assert "x_torch_forward" in rows[0]
+    assert "refdcn bench --op dcnv4" in capsys.readouterr().out

@@ -50,6 +50,12 @@ def add_arguments(parser):
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--quick", action="store_true",
                         help="two small shapes, 5 rounds after 1 warm-up (a smoke test)")
+    parser.add_argument("--op", choices=["deform_conv2d", "dcnv3", "dcnv4"],
+                        default="deform_conv2d",
+                        help="operator to time (default deform_conv2d); dcnv3/dcnv4 time "
+                             "InternImage's stage shapes beside the torch grid_sample "
+                             "composition (refdcn.benchmarks.dcnv34; --shape, --v1 and "
+                             "--no-baselines do not apply)")
 
 
 def _check_positive(value, name, minimum=1):
@@ -149,6 +155,27 @@ def _run_gpu(shapes, repeats, warmup, dtype):
     return int(gpu.run_gpu_benchmark(shapes, repeats, warmup, dtype) or 0)
 
 
+def _run_dcnv34(args):
+    """``--op dcnv3|dcnv4``: :func:`refdcn.benchmarks.dcnv34.run`."""
+    from ..benchmarks import dcnv34
+    from ..cli import UsageError
+    from ..dcnv34 import api
+    if args.shape:
+        raise UsageError("--shape takes DCNv2 shapes; --op dcnv3/dcnv4 times InternImage's "
+                         "stage shapes (see refdcn.benchmarks.dcnv34.SHAPES)")
+    names = args.backend or [b for b in api.available() if b != "reference"]
+    for name in names:
+        try:
+            api.get_backend(name)
+        except (ValueError, backends.BackendUnavailable) as exc:
+            raise UsageError(str(exc)) from None
+    dcnv34.run(args.op, dcnv34.QUICK_SHAPES if args.quick else dcnv34.SHAPES, names,
+               args.repeats or (5 if args.quick else 7),
+               args.warmup if args.warmup is not None else (1 if args.quick else 2),
+               args.threads, args.dtype, args.json)
+    return 0
+
+
 def run(args):
     from ..benchmarks import cpu
     _check_positive(args.repeats, "repeats")
@@ -156,6 +183,8 @@ def run(args):
     _check_positive(args.threads, "threads")
     _check_threads(args.threads)
     _check_json_path(args.json)
+    if args.op != "deform_conv2d":
+        return _run_dcnv34(args)
     shapes = args.shape or (cpu.QUICK_SHAPES if args.quick else cpu.DEFAULT_SHAPES)
     _check_shapes_fit(shapes, args.dtype)
     repeats = args.repeats or (cpu.QUICK_REPEATS if args.quick else 7)
