@@ -16,7 +16,8 @@ import pytest
 
 NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 EXPECTED = ["01_bilinear_interpolation", "02_forward", "03_modulation", "04_manual_backward",
-            "05_gradient_checks", "06_verifying_an_implementation", "07_speed"]
+            "05_gradient_checks", "06_verifying_an_implementation", "07_speed",
+            "08_dcnv2_to_dcnv4"]
 MACHINE_PATHS = re.compile(r"(/work/|/tmp/|/home/|/root/|/Users/|[A-Z]:\\\\)")
 
 
