@@ -269,3 +269,38 @@ def check(directory, outputs, dtype=None, rtol=None, names=None):
                                    forward, backward if has_grads else None)
     cases = [conformance.get_case(n) for n in found]
     return verifier.verify(impl, op, cases, dtype, rtol=rtol)
+
+
+def run_command(args):
+    """``refdcn vectors export|check --op dcnv3|dcnv4 ...`` (options of :mod:`refdcn.commands.vectors`)."""
+    from .cli import UsageError
+    from .verify import dcnv34 as verifier
+    op = args.op
+    if args.action == "export":
+        cases = conformance.select(args.case)
+        if not cases:
+            raise UsageError(f"no DCNv3/DCNv4 case matches {args.case}")
+        try:
+            manifest = export(args.directory, op, cases, onnx=not args.no_onnx)
+        except (ImportError, OSError) as exc:
+            raise UsageError(str(exc)) from None
+        domain, op_type, _ = ONNX_NODES[op]
+        print(f"wrote {len(manifest['cases'])} {op} cases to {args.directory}: {MANIFEST}, "
+              f"cases/*.npz" + ("" if args.no_onnx else
+                                f", onnx/ and onnx_float32/ (custom node {domain}::{op_type})"))
+        return 0
+    if args.action == "check":
+        if not os.path.isdir(args.directory):
+            raise UsageError(f"DIR {args.directory!r} is not a directory")
+        try:
+            manifest_op = load_manifest(args.directory)["operator"].split(":")[0]
+            if manifest_op != op:
+                raise ValueError(f"{args.directory} holds {manifest_op} vectors, not {op}")
+            report = check(args.directory, args.outputs,
+                           None if args.dtype == "auto" else args.dtype, args.rtol, args.case)
+        except (ValueError, OSError) as exc:
+            raise UsageError(str(exc)) from None
+        print(verifier.format_json(report) if args.json else verifier.format_text(report))
+        return report.exit_code()
+    raise UsageError("ACTION is required: refdcn vectors export --op OP DIR | "
+                     "refdcn vectors check --op OP DIR OUTPUTS")

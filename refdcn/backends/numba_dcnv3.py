@@ -17,11 +17,12 @@ Parallel, race-free, deterministic:
 
 * forward: ``prange`` over (image, chunk of output pixels); each output element
   is written by one task, summed over the taps in order in float64;
-* backward: ``prange`` over (image, group).  A group's channels receive input
-  gradient only from that group's samples, so each task owns the channels
-  ``g*D .. (g+1)*D`` of a float64 padded gradient plane and the offset / mask
-  gradients of its group: no atomics, and the same result for every thread
-  count (``fastmath=False``).
+* offset and mask gradients: ``prange`` over (image, chunk of output pixels),
+  like the forward; each element is one task's channel sum, formed in order;
+* input gradient: ``prange`` over (image, group).  A group's channels receive
+  input gradient only from that group's samples, so each task owns the
+  channels ``g*D .. (g+1)*D`` of a float64 padded gradient plane: no atomics,
+  and the same result for every thread count (``fastmath=False``).
 
 Precision: sampling points, fractions, bilinear products and sums in float64,
 rounded once to the compute dtype (float32 or float64).
@@ -36,6 +37,7 @@ except ImportError as exc:   # pragma: no cover - depends on the environment
 
 from .. import bilinear
 from . import numba_cpu
+from .numba_cpu import _fixed_order_sum
 from ._shared_math import compile_bilinear
 
 NAME = "numba"
@@ -106,13 +108,67 @@ def _forward(padded, offset, mask, geo, rows, cols, scale, out, chunk):
                     dst[d] = acc[d]
 
 
-@numba_cpu._Kernel
-def _backward(padded, offset, mask, grad_out, geo, rows, cols, scale, closed, grad_padded,
-              grad_offset, grad_mask):
-    """Input, offset and mask gradients; one task per (image, group).
+@njit(inline="always")
+def _channel_terms(image, q, Wp, c0, D, go, ly, lx, terms):
+    """``terms[0, d] = go[d] * S_d``, ``terms[1, d] = go[d] * dS_d/dy``, ``terms[2, d] = go[d] *
+    dS_d/dx`` for the channels ``c0 .. c0+D`` (no dependence between channels: vectorised)."""
+    v00 = image[q, c0:c0 + D]
+    v01 = image[q + 1, c0:c0 + D]
+    v10 = image[q + Wp, c0:c0 + D]
+    v11 = image[q + Wp + 1, c0:c0 + D]
+    tm, ty, tx = terms[0], terms[1], terms[2]
+    for d in range(D):
+        gd = np.float64(go[d])
+        tm[d] = gd * interpolate(v00[d], v01[d], v10[d], v11[d], ly, lx)
+        d_dy, d_dx = interpolate_gradient(v00[d], v01[d], v10[d], v11[d], ly, lx)
+        ty[d] = gd * d_dy
+        tx[d] = gd * d_dx
 
-    grad_out : (N, P, C); grad_padded : (N, (H+3)*(W+3), C) float64, zeroed,
-    accumulated; grad_offset : (N, P, G, K, 2), written; grad_mask : (N, P, G, K), written.
+
+@numba_cpu._Kernel
+def _coordinate_gradients(padded, offset, mask, grad_out, geo, rows, cols, scale, closed,
+                          grad_offset, grad_mask, chunk):
+    """Offset and mask gradients: channel sums per (image, pixel, group, tap).
+
+    One task per (image, chunk of output pixels), all groups of a pixel together
+    (the order that reads each padded image row once for all groups).
+    grad_out : (N, P, C); grad_offset : (N, P, G, K, 2), grad_mask : (N, P, G, K), written.
+    """
+    N, P = grad_out.shape[0], grad_out.shape[1]
+    G, D = geo[2], geo[3]
+    K = rows.shape[0]
+    Wp = geo[1] + 3
+    chunks = (P + chunk - 1) // chunk
+    for task in prange(N * chunks):
+        n = task // chunks
+        p0 = (task - n * chunks) * chunk
+        image = padded[n]
+        terms = np.empty((3, D))
+        for p in range(p0, min(P, p0 + chunk)):
+            for g in range(G):
+                c0 = g * D
+                go = grad_out[n, p, c0:c0 + D]
+                for t in range(K):
+                    q, ly, lx = _locate_tap(offset, n, p, g, t, rows, cols, geo, scale, False)
+                    _channel_terms(image, q, Wp, c0, D, go, ly, lx, terms)
+                    grad_mask[n, p, g, t] = _fixed_order_sum(terms[0])
+                    if closed:   # torchvision's rule: y = -1 / x = -1 active for the derivative
+                        q, ly, lx = _locate_tap(offset, n, p, g, t, rows, cols, geo, scale, True)
+                        _channel_terms(image, q, Wp, c0, D, go, ly, lx, terms)
+                    sum_y = _fixed_order_sum(terms[1])
+                    sum_x = _fixed_order_sum(terms[2])
+                    m = np.float64(mask[n, p, g, t])
+                    grad_offset[n, p, g, t, 1] = m * sum_y * scale
+                    grad_offset[n, p, g, t, 0] = m * sum_x * scale
+
+
+@numba_cpu._Kernel
+def _scatter(offset, mask, grad_out, geo, rows, cols, scale, grad_padded):
+    """Input gradient: the adjoint of sampling; one task per (image, group).
+
+    A group's channels receive only from that group's samples, so each task
+    owns the channels ``g*D .. (g+1)*D`` of the float64 padded gradient
+    ``grad_padded`` (N, (H+3)*(W+3), C), zeroed by the caller.
     """
     N, P = grad_out.shape[0], grad_out.shape[1]
     G, D = geo[2], geo[3]
@@ -122,7 +178,6 @@ def _backward(padded, offset, mask, grad_out, geo, rows, cols, scale, closed, gr
         n = task // G
         g = task - n * G
         c0 = g * D
-        image = padded[n]
         acc = grad_padded[n]
         for p in range(P):
             go = grad_out[n, p, c0:c0 + D]
@@ -130,39 +185,16 @@ def _backward(padded, offset, mask, grad_out, geo, rows, cols, scale, closed, gr
                 q, ly, lx = _locate_tap(offset, n, p, g, t, rows, cols, geo, scale, False)
                 m = np.float64(mask[n, p, g, t])
                 w00, w01, w10, w11 = corner_weights(ly, lx)
-                v00 = image[q, c0:c0 + D]
-                v01 = image[q + 1, c0:c0 + D]
-                v10 = image[q + Wp, c0:c0 + D]
-                v11 = image[q + Wp + 1, c0:c0 + D]
                 a00 = acc[q, c0:c0 + D]
                 a01 = acc[q + 1, c0:c0 + D]
                 a10 = acc[q + Wp, c0:c0 + D]
                 a11 = acc[q + Wp + 1, c0:c0 + D]
-                sum_m = 0.0
                 for d in range(D):
-                    gd = np.float64(go[d])
-                    sum_m += gd * interpolate(v00[d], v01[d], v10[d], v11[d], ly, lx)
-                    v = gd * m
+                    v = np.float64(go[d]) * m
                     a00[d] += w00 * v
                     a01[d] += w01 * v
                     a10[d] += w10 * v
                     a11[d] += w11 * v
-                grad_mask[n, p, g, t] = sum_m
-                if closed:      # torchvision's rule: y = -1 / x = -1 are active for the derivative
-                    q, ly, lx = _locate_tap(offset, n, p, g, t, rows, cols, geo, scale, True)
-                    v00 = image[q, c0:c0 + D]
-                    v01 = image[q + 1, c0:c0 + D]
-                    v10 = image[q + Wp, c0:c0 + D]
-                    v11 = image[q + Wp + 1, c0:c0 + D]
-                sum_y = 0.0
-                sum_x = 0.0
-                for d in range(D):
-                    gd = np.float64(go[d])
-                    d_dy, d_dx = interpolate_gradient(v00[d], v01[d], v10[d], v11[d], ly, lx)
-                    sum_y += gd * d_dy
-                    sum_x += gd * d_dx
-                grad_offset[n, p, g, t, 1] = m * sum_y * scale
-                grad_offset[n, p, g, t, 0] = m * sum_x * scale
 
 
 def _padded(input):
@@ -194,9 +226,14 @@ def backward(grad_output, input, offset, mask, geom, dtype, convention=bilinear.
     grad_offset = np.zeros(offset.shape, dtype)
     grad_mask = np.zeros(mask.shape, dtype)
     if grad_output.size:
-        _backward(grad_output.size * geom.taps * 3, _padded(input), _flat(geom, offset),
-                  _flat(geom, mask), _flat(geom, grad_output), geom.ints(), geom.tap_rows,
-                  geom.tap_cols, geom.offset_scale, convention == bilinear.BORDER_TORCHVISION,
-                  grad_padded, _flat(geom, grad_offset), _flat(geom, grad_mask))
+        padded, off, msk, go = (_padded(input), _flat(geom, offset), _flat(geom, mask),
+                                _flat(geom, grad_output))
+        work = grad_output.size * geom.taps
+        _coordinate_gradients(2 * work, padded, off, msk, go, geom.ints(), geom.tap_rows,
+                              geom.tap_cols, geom.offset_scale,
+                              convention == bilinear.BORDER_TORCHVISION,
+                              _flat(geom, grad_offset), _flat(geom, grad_mask), CHUNK)
+        _scatter(work, off, msk, go, geom.ints(), geom.tap_rows, geom.tap_cols,
+                 geom.offset_scale, grad_padded)
     grad_input = grad_padded.reshape(n, h + 3, w + 3, c)[:, 2:h + 2, 2:w + 2].astype(dtype)
     return grad_input, grad_offset, grad_mask

@@ -518,3 +518,34 @@ def format_json(report):
                    "relative_errors": r.errors, "where": r.where, "causes": r.causes,
                    "error": r.error, "seconds": round(r.seconds, 4)} for r in report.results],
     }, indent=2)
+
+
+# ------------------------------------------------------------------ command line
+def run_command(args):
+    """``refdcn verify --op dcnv3|dcnv4 ...`` (the options of :mod:`refdcn.commands.verify`)."""
+    from ..cli import UsageError
+    op = args.op
+    if getattr(args, "list", False):
+        print(f"DCNv3/DCNv4 conformance cases (--op {op}):")
+        for c in conformance.CASES:
+            print(f"  {c.name:<28} {c.catches}")
+        print("implementations: refdcn:numba, refdcn:reference, internimage-pytorch, "
+              "package.module:function")
+        print("diagnosed mistakes: " + ", ".join(v.key for v in VARIANTS))
+        return 0
+    if not args.impl:
+        raise UsageError(f"IMPL is required (try: refdcn verify --op {op} refdcn:numba)")
+    cases = conformance.select(args.case)
+    if not cases:
+        raise UsageError(f"no DCNv3/DCNv4 case matches {args.case}; known: "
+                         f"{', '.join(conformance.names())}")
+    if args.rtol is not None and not args.rtol >= 0:
+        raise UsageError(f"--rtol must be a non-negative number; got {args.rtol}")
+    try:
+        impl = resolve(args.impl, op, args.backward)
+    except AdapterUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    report = verify(impl, op, cases, np.dtype(args.dtype), args.convention or "mmcv", args.rtol,
+                    gradients=not args.forward_only)
+    print(format_json(report) if args.json else format_text(report))
+    return report.exit_code()
