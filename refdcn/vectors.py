@@ -240,8 +240,11 @@ def export(directory, cases=None, onnx=True, opset=19):
     return manifest
 
 
-def load_manifest(directory):
-    """The manifest of an exported directory (ValueError if it is not one)."""
+def load_manifest(directory, expected_format=FORMAT):
+    """The manifest of an exported directory (ValueError if it is not one).
+
+    ``expected_format``: :data:`FORMAT`, or the DCNv3/DCNv4 vectors'
+    (:data:`refdcn.vectors_dcnv34.FORMAT`)."""
     path = os.path.join(directory, MANIFEST)
     try:
         with open(path) as f:
@@ -251,7 +254,7 @@ def load_manifest(directory):
                          f"'refdcn vectors export'") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
         raise DataError(f"{path} is not a refdcn golden-vector manifest")
     cases = manifest.get("cases")
     if not isinstance(cases, list) or not all(

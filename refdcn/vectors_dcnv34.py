@@ -209,18 +209,9 @@ def export(directory, op, cases=None, onnx=True):
 
 
 def load_manifest(directory):
-    """The manifest of an exported directory (ValueError if it is not one)."""
-    path = os.path.join(directory, MANIFEST)
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"{directory!r} has no {MANIFEST}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a refdcn DCNv3/DCNv4 golden-vector manifest")
-    return manifest
+    """The manifest of a directory written by :func:`export` (ValueError if it is not one)."""
+    from .vectors import load_manifest as load
+    return load(directory, FORMAT)
 
 
 def _load_outputs(outputs, name):

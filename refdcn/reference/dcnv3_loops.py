@@ -49,15 +49,21 @@ DESCRIPTION = "explicit Python loops, float64 (the textbook reference; slow)"
 ALWAYS_FLOAT64 = True
 
 
-def _points(offset, n, oy, ox, g, t, i, j, geom):
-    """Sampling point ``(y, x)`` of tap ``t`` (kernel row i, column j)."""
-    y = scaled_sampling_point(oy, geom.stride_h, geom.pad_h, i, geom.dilation_h,
-                              float(offset[n, oy, ox, g, t, 1]), geom.centre_h,
-                              geom.offset_scale)
-    x = scaled_sampling_point(ox, geom.stride_w, geom.pad_w, j, geom.dilation_w,
-                              float(offset[n, oy, ox, g, t, 0]), geom.centre_w,
-                              geom.offset_scale)
-    return y, x
+def _samples(offset, mask, geom):
+    """Every sample: ``(n, oy, ox, g, t, y, x, m)`` with its sampling point and weight."""
+    taps = geom.tap_list()
+    for n in range(geom.batch):
+        for oy in range(geom.out_h):
+            for ox in range(geom.out_w):
+                for g in range(geom.group):
+                    for t, (i, j) in enumerate(taps):
+                        y = scaled_sampling_point(oy, geom.stride_h, geom.pad_h, i,
+                                                  geom.dilation_h, float(offset[n, oy, ox, g, t, 1]),
+                                                  geom.centre_h, geom.offset_scale)
+                        x = scaled_sampling_point(ox, geom.stride_w, geom.pad_w, j,
+                                                  geom.dilation_w, float(offset[n, oy, ox, g, t, 0]),
+                                                  geom.centre_w, geom.offset_scale)
+                        yield n, oy, ox, g, t, y, x, float(mask[n, oy, ox, g, t])
 
 
 def forward(input, offset, mask, geom, dtype=None):
@@ -75,20 +81,13 @@ def forward(input, offset, mask, geom, dtype=None):
     -------
     out : ndarray, shape (N, H_out, W_out, G*D), float64
     """
-    H, W, D = geom.height, geom.width, geom.group_channels
+    D = geom.group_channels
     out = np.zeros((geom.batch, geom.out_h, geom.out_w, geom.channels))
-    taps = geom.tap_list()
-    for n in range(geom.batch):
-        for oy in range(geom.out_h):
-            for ox in range(geom.out_w):
-                for g in range(geom.group):
-                    for t, (i, j) in enumerate(taps):
-                        y, x = _points(offset, n, oy, ox, g, t, i, j, geom)
-                        m = float(mask[n, oy, ox, g, t])
-                        for d in range(D):
-                            c = g * D + d
-                            s = bilinear_sample(input[n, :, :, c], H, W, y, x)
-                            out[n, oy, ox, c] += m * s
+    for n, oy, ox, g, t, y, x, m in _samples(offset, mask, geom):
+        for d in range(D):
+            c = g * D + d
+            s = bilinear_sample(input[n, :, :, c], geom.height, geom.width, y, x)
+            out[n, oy, ox, c] += m * s
     return out
 
 
@@ -114,24 +113,17 @@ def backward(grad_output, input, offset, mask, geom, dtype=None, convention=BORD
     grad_input = np.zeros(input.shape)
     grad_offset = np.zeros(offset.shape)
     grad_mask = np.zeros(mask.shape)
-    taps = geom.tap_list()
-    for n in range(geom.batch):
-        for oy in range(geom.out_h):
-            for ox in range(geom.out_w):
-                for g in range(geom.group):
-                    for t, (i, j) in enumerate(taps):
-                        y, x = _points(offset, n, oy, ox, g, t, i, j, geom)
-                        m = float(mask[n, oy, ox, g, t])
-                        for d in range(D):
-                            c = g * D + d
-                            go = float(grad_output[n, oy, ox, c])
-                            plane = input[n, :, :, c]
-                            # the weight: the sample is its coefficient
-                            grad_mask[n, oy, ox, g, t] += go * bilinear_sample(plane, H, W, y, x)
-                            # the offsets: chain rule through y = ... + dy * offset_scale
-                            ds_dy, ds_dx = bilinear_gradient(plane, H, W, y, x, convention)
-                            grad_offset[n, oy, ox, g, t, 1] += go * m * ds_dy * scale
-                            grad_offset[n, oy, ox, g, t, 0] += go * m * ds_dx * scale
-                            # the input: the adjoint of sampling
-                            scatter_add(grad_input[n, :, :, c], H, W, y, x, go * m)
+    for n, oy, ox, g, t, y, x, m in _samples(offset, mask, geom):
+        for d in range(D):
+            c = g * D + d
+            go = float(grad_output[n, oy, ox, c])
+            plane = input[n, :, :, c]
+            # the weight: the sample is its coefficient
+            grad_mask[n, oy, ox, g, t] += go * bilinear_sample(plane, H, W, y, x)
+            # the offsets: chain rule through y = ... + dy * offset_scale
+            ds_dy, ds_dx = bilinear_gradient(plane, H, W, y, x, convention)
+            grad_offset[n, oy, ox, g, t, 1] += go * m * ds_dy * scale
+            grad_offset[n, oy, ox, g, t, 0] += go * m * ds_dx * scale
+            # the input: the adjoint of sampling
+            scatter_add(grad_input[n, :, :, c], H, W, y, x, go * m)
     return grad_input, grad_offset, grad_mask
