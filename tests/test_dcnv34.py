@@ -169,6 +169,12 @@ def test_tap_order_is_x_major():
     assert geometry.tap_order(2, 3, False) == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]
     assert (1, 1) not in geometry.tap_order(3, 3, True)
     assert geometry.packed_channels(1, 9) == 32 and geometry.packed_channels(4, 8) == 96
+    # the same order as refdcn.layouts' DCNv3/v4 channel maps (which have no remove_center)
+    for kh, kw in ((2, 3), (3, 1), (3, 3)):
+        for t, (i, j) in enumerate(geometry.tap_order(kh, kw, False)):
+            assert layouts.dcnv4_mask_channel(1, i, j, (kh, kw)) == kh * kw + t
+            assert layouts.dcnv4_offset_channel(0, i, j, 1, (kh, kw)) == 2 * t       # dx first
+            assert layouts.dcnv4_offset_channel(0, i, j, 0, (kh, kw)) == 2 * t + 1   # then dy
 
 
 @pytest.mark.parametrize("backend", api.available())
