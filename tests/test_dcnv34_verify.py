@@ -103,3 +103,16 @@ def test_onnx_layout_is_a_valid_custom_domain_model(tmp_path):
     with open(tmp_path / entry["onnx"] / "test_data_set_0" / "output_0.pb", "rb") as f:
         y = numpy_helper.to_array(onnx.TensorProto.FromString(f.read()))
     np.testing.assert_array_equal(y, conf.expected("remove_center_3x3", "dcnv3")["output"])
+
+
+def test_cli_vectors_op(tmp_path, capsys):
+    assert main(["vectors", "export", "--op", "dcnv4", str(tmp_path), "--case", "packed",
+                 "--no-onnx"]) == 0
+    assert "1 dcnv4 cases" in capsys.readouterr().out
+    out = tmp_path / "out"
+    out.mkdir()
+    with np.load(tmp_path / "cases" / "packed_padding.npz") as data:
+        np.savez(out / "packed_padding.npz", output=data["output"],
+                 grad_input=data["grad_input"], grad_offset_mask=data["grad_offset_mask"])
+    assert main(["vectors", "check", "--op", "dcnv4", str(tmp_path), str(out)]) == 0
+    assert main(["vectors", "check", "--op", "dcnv3", str(tmp_path), str(out)]) == 2

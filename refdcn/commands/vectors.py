@@ -30,6 +30,9 @@ def add_arguments(parser):
     exp.add_argument("--case", action="append", metavar="TEXT",
                      help="only cases whose name contains TEXT (repeatable)")
     exp.add_argument("--no-onnx", action="store_true", help="skip the ONNX layout")
+    exp.add_argument("--op", choices=["deform_conv2d", "dcnv3", "dcnv4"], default="deform_conv2d",
+                     help="operator (default deform_conv2d); dcnv3/dcnv4 write "
+                          "refdcn.vectors_dcnv34's cases, ONNX as a custom-domain node")
     exp.add_argument("--opset", type=int, default=19, choices=[19, 22],
                      help="ONNX opset of the DeformConv models (default 19)")
     chk = sub.add_parser("check", help="compare another program's outputs with DIR",
@@ -59,12 +62,17 @@ def add_arguments(parser):
     chk.add_argument("--allow-missing", action="store_true",
                      help="cases without outputs do not fail the run (they are still listed)")
     chk.add_argument("--json", action="store_true", help="print a JSON report")
+    chk.add_argument("--op", choices=["deform_conv2d", "dcnv3", "dcnv4"], default="deform_conv2d",
+                     help="operator of DIR's vectors (default deform_conv2d)")
     chk.add_argument("--verbose", action="store_true", help="describe failing cases in full")
 
 
 def run(args):
     from ..cli import DataError, UsageError
     from .. import vectors
+    if getattr(args, "op", "deform_conv2d") != "deform_conv2d":
+        from ..vectors_dcnv34 import run_command
+        return run_command(args)
     if args.action == "export":
         cases = conformance.select(args.case)
         if not cases:

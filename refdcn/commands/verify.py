@@ -70,6 +70,11 @@ def add_arguments(parser):
                         help="describe every failing case in full")
     parser.add_argument("--list", action="store_true",
                         help="list the conformance cases and the built-in adapters, then exit")
+    parser.add_argument("--op", choices=["deform_conv2d", "dcnv3", "dcnv4"],
+                        default="deform_conv2d",
+                        help="operator of IMPL (default deform_conv2d); dcnv3/dcnv4: "
+                             "refdcn.verify.dcnv34 (IMPL refdcn:numba | internimage-pytorch | "
+                             "package.module:function in the originals' argument order)")
 
 
 def _list():
@@ -105,6 +110,9 @@ def run(args):
     from ..verify.adapters import is_refdcn_backend
     from ..verify.isolation import Isolated
     from ..verify.report import format_json, format_text
+    if args.op != "deform_conv2d":
+        from ..verify.dcnv34 import run_command
+        return run_command(args)
     if args.list:
         return _list()
     if not args.impl:
