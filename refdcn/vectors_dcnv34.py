@@ -227,8 +227,10 @@ def _load_outputs(outputs, name):
 def check(directory, outputs, dtype=None, rtol=None, names=None):
     """Compare the outputs another program wrote with the vectors in ``directory``.
 
-    Returns a :class:`refdcn.verify.dcnv34.Report` over the cases that have
-    outputs (``OUTPUTS/<case>.npy`` or ``.npz`` with ``output`` and ``grad_*``
+    The expected values and float32 bounds are the ones stored in
+    ``directory``; the cases' inputs (for the diagnosis of failures) come from
+    :mod:`refdcn.conformance_dcnv34`.  Returns a
+    :class:`refdcn.verify.dcnv34.Report` over the cases that have outputs (``OUTPUTS/<case>.npy`` or ``.npz`` with ``output`` and ``grad_*``
     keys); ValueError if there are none.
     """
     from .verify import dcnv34 as verifier
@@ -258,8 +260,20 @@ def check(directory, outputs, dtype=None, rtol=None, names=None):
         return {q: got[f"grad_{q}"] for q in quantities[1:] if f"grad_{q}" in got}
     impl = verifier.Implementation(f"outputs in {outputs}", f"golden vectors from {directory}",
                                    forward, backward if has_grads else None)
-    cases = [conformance.get_case(n) for n in found]
-    return verifier.verify(impl, op, cases, dtype, rtol=rtol)
+    entries = {e["name"]: e for e in manifest["cases"]}
+    prefix = "f32_" if np.dtype(dtype) == np.float32 else ""
+
+    def stored(name, key_prefix):
+        with np.load(os.path.join(directory, entries[name]["file"])) as data:
+            return {q: data[key_prefix + ("output" if q == "output" else f"grad_{q}")]
+                    for q in quantities}
+    try:
+        cases = [conformance.get_case(n) for n in found]
+    except KeyError as exc:
+        raise ValueError(f"{exc.args[0]} (vectors from another refdcn version?)") from None
+    return verifier.verify(impl, op, cases, dtype, rtol=rtol,
+                           expected=lambda name: stored(name, prefix),
+                           bounds=lambda name: stored(name, "f32_bound_"))
 
 
 def run_command(args):

@@ -87,6 +87,20 @@ def test_vectors_export_and_check_round_trip(tmp_path, op, capsys):
     assert report.exit_code() == 0
     np.save(out / "packed_padding.npy", np.load(out / "packed_padding.npy") * 1.001)
     assert vectors_dcnv34.check(str(tmp_path), str(out)).exit_code() == 1
+    # the expected values are the stored ones: altering them makes a correct output fail
+    entry = manifest["cases"][1]
+    with np.load(tmp_path / entry["file"]) as data:
+        arrays = dict(data)
+    arrays["output"] = arrays["output"] + 1.0
+    np.savez(tmp_path / entry["file"], **arrays)
+    report = vectors_dcnv34.check(str(tmp_path), str(out), names=[entry["name"]])
+    assert report.exit_code() == 1
+    # float32 outputs are judged by the stored float32 expectations and bounds
+    for e in manifest["cases"][2:]:
+        with np.load(tmp_path / e["file"]) as data:
+            np.save(out / f"{e['name']}.npy", data["f32_output"].astype(np.float32))
+    assert vectors_dcnv34.check(str(tmp_path), str(out), names=[manifest["cases"][2]["name"]]
+                                ).exit_code() == 0
 
 
 def test_onnx_layout_is_a_valid_custom_domain_model(tmp_path):

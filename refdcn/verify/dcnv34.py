@@ -415,13 +415,16 @@ def _bounds(case, op):
     return b
 
 
-def verify(impl, op, cases=None, dtype=np.float64, convention="mmcv", rtol=None, gradients=True):
+def verify(impl, op, cases=None, dtype=np.float64, convention="mmcv", rtol=None, gradients=True,
+           expected=None, bounds=None):
     """Run ``impl`` on ``cases`` (default: all) as ``op`` -> :class:`Report`.
 
     Pass criterion per quantity: float64, normwise relative error <= ``rtol``
     (default :data:`refdcn.tolerances.FLOAT64_RTOL`); float32 (without
     ``rtol``), every element within the derived bound of
-    :mod:`refdcn.dcnv34.tolerances`.
+    :mod:`refdcn.dcnv34.tolerances`.  ``expected(name)`` and ``bounds(name)``
+    replace the loop reference's values and the derived bounds (golden
+    vectors read from files).
     """
     dtype = np.dtype(dtype)
     cases = conformance.CASES if cases is None else cases
@@ -430,7 +433,8 @@ def verify(impl, op, cases=None, dtype=np.float64, convention="mmcv", rtol=None,
     for cc in cases:
         t0 = time.perf_counter()
         case = cc.build().astype(dtype)
-        exp = conformance.expected(cc.name, op, convention, dtype.name)
+        exp = expected(cc.name) if expected else \
+            conformance.expected(cc.name, op, convention, dtype.name)
         actual = {}
         try:
             with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -444,8 +448,9 @@ def verify(impl, op, cases=None, dtype=np.float64, convention="mmcv", rtol=None,
                                              error=f"{type(exc).__name__}: {text}",
                                              seconds=time.perf_counter() - t0))
             continue
-        bounds = _bounds(case.astype(np.float64), op) if dtype == np.float32 and rtol is None \
-            else None
+        limits = None
+        if dtype == np.float32 and rtol is None:
+            limits = bounds(cc.name) if bounds else _bounds(case.astype(np.float64), op)
         result = CaseResult(cc.name, cc.catches, "pass")
         for q in QUANTITIES[op]:
             if q not in actual:
@@ -458,8 +463,8 @@ def verify(impl, op, cases=None, dtype=np.float64, convention="mmcv", rtol=None,
                 continue
             err = relative_error(a, exp[q])
             result.errors[q] = err
-            if bounds is not None:
-                ok = bool(np.all(np.abs(a.astype(np.float64) - exp[q]) <= bounds[q]))
+            if limits is not None:
+                ok = bool(np.all(np.abs(a.astype(np.float64) - exp[q]) <= limits[q]))
             else:
                 ok = err <= (FLOAT64_RTOL if rtol is None else rtol)
             if not ok:
