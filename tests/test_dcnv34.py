@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import refdcn
 from refdcn import conformance_dcnv34 as conf, layouts
@@ -269,3 +270,33 @@ def test_bench_dcnv34_smoke(capsys):
     if "torch grid_sample" in impls:
         assert "x_torch_forward" in rows[0]
     assert "refdcn bench --op dcnv4" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ property-based
+@st.composite
+def _cases(draw):
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    rc = kh == kw and kh % 2 == 1 and kh > 1 and draw(st.booleans())
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pad = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    h, w = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    while min(refdcn.output_size(h, w, (kh, kw), stride, pad, dilation)) < 1:
+        h, w = h + 1, w + 1
+    return conf.make_case(seed=draw(st.integers(0, 2**16)), batch=draw(st.integers(1, 2)),
+                          height=h, width=w, group=draw(st.integers(1, 3)),
+                          group_channels=draw(st.integers(1, 3)), kernel=(kh, kw),
+                          stride=stride, pad=pad, dilation=dilation,
+                          offset_scale=draw(st.sampled_from([1.0, 0.5, 1.25, 2.0])),
+                          remove_center=rc,
+                          offsets=draw(st.sampled_from(["random", "integer", "zero"])))
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=_cases(), op=st.sampled_from(OPS))
+def test_fast_backends_match_reference_on_random_arguments(case, op):
+    expected = conf.reference_results(case, op)
+    for backend in FAST:
+        actual = _run(case, op, backend)
+        for q, e in expected.items():
+            assert relative_error(actual[q], e) <= FLOAT64_RTOL, (backend, q)
