@@ -99,19 +99,20 @@ def dcnv4_core_pytorch(input, offset_mask, kernel_h, kernel_w, stride_h, stride_
 
 def _run(function, arrays, attrs, grad_output):
     torch = _torch()
-    tensors = [torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=grad_output
-                            is not None) for a in arrays]
+    tensors = [torch.tensor(np.asarray(a), requires_grad=grad_output is not None)
+               for a in arrays]
     out = function(*tensors, **attrs)
     if grad_output is None:
         return out.detach().numpy()
-    out.backward(torch.tensor(np.asarray(grad_output), dtype=torch.float64))
+    out.backward(torch.tensor(np.asarray(grad_output), dtype=out.dtype))
     return out.detach().numpy(), [t.grad.numpy() for t in tensors]
 
 
 def run_dcnv3(input, offset, mask, grad_output=None, **attrs):
-    """Float64 NumPy in, NumPy out: the output, and with ``grad_output`` the autograd
-    gradients ``[grad_input, grad_offset, grad_mask]``.  ``attrs``: the keyword
-    arguments of :func:`dcnv3_core_pytorch` after ``mask``."""
+    """NumPy in, NumPy out, computed in the arrays' dtype (float64 for an oracle): the
+    output, and with ``grad_output`` the autograd gradients ``[grad_input, grad_offset,
+    grad_mask]``.  ``attrs``: the keyword arguments of :func:`dcnv3_core_pytorch` after
+    ``mask``."""
     return _run(dcnv3_core_pytorch, (input, offset, mask), attrs, grad_output)
 
 
