@@ -15,7 +15,7 @@ import importlib
 import numpy as np
 
 from .. import backends as _registry
-from ..api import CONVENTIONS, convention_code
+from ..api import convention_code
 from .geometry import check_dcnv3, check_dcnv4, check_grad_output, compute_dtype
 
 __all__ = ["dcnv3", "dcnv3_backward", "dcnv4", "dcnv4_backward", "DCNv3Gradients",
@@ -324,7 +324,3 @@ def dcnv4_backward(grad_output, input, offset_mask, kernel_h, kernel_w, stride_h
     per[..., 2 * k:] = gm
     packed[..., :3 * g * k] = per.reshape(packed.shape[:3] + (3 * g * k,))
     return DCNv4Gradients(gi, packed)
-
-
-#: Offset-gradient conventions accepted by the backward functions.
-CONVENTION_NAMES = tuple(CONVENTIONS)

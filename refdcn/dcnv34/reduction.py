@@ -23,10 +23,12 @@ argument; ``tests/test_dcnv34_oracles.py`` checks that refdcn agrees with
 itself through it to 1e-12 (forward and all gradients).
 """
 
+import inspect
+
 import numpy as np
 
 from ..geometry import mask_channel, offset_channel
-from .api import _dcnv3_views
+from .api import _dcnv3_views, dcnv3
 from .geometry import check_dcnv3
 
 __all__ = ["to_dcnv2", "gradients_from_dcnv2"]
@@ -94,11 +96,11 @@ def gradients_from_dcnv2(grads, geom):
             g_mask.reshape(n, ho, wo, G * K))
 
 
-_DEFAULTS = dict(stride_h=1, stride_w=1, pad_h=0, pad_w=0, dilation_h=1, dilation_w=1, group=1,
-                 group_channels=None, offset_scale=1.0, remove_center=False)
-
 
 def _full(attrs):
-    full = dict(_DEFAULTS)
+    """DCNv3's attributes with :func:`refdcn.dcnv3`'s defaults filled in (one source of them)."""
+    sig = inspect.signature(dcnv3)
+    full = {k: p.default for k, p in sig.parameters.items()
+            if p.default is not inspect.Parameter.empty and k != "backend"}
     full.update(attrs)
     return full
