@@ -11,7 +11,7 @@ from refdcn.dcnv34 import api, geometry, tolerances as tol32
 from refdcn.testing import numerical_gradient
 from refdcn.tolerances import FLOAT64_RTOL, relative_error
 
-FAST = [b for b in api.available() if b != "reference"]
+FAST = api.fast_backends()
 OPS = conf.OPS
 
 

@@ -89,7 +89,7 @@ def run(op, shapes=None, backends=None, repeats=7, warmup=2, threads=2, dtype="f
         json_path=None, out=sys.stdout):
     """Time ``op`` on ``shapes``; print a table; return the rows (dicts)."""
     shapes = SHAPES if shapes is None else shapes
-    backends = backends or [b for b in api.available() if b != "reference"]
+    backends = backends or api.fast_backends()
     keep, info = limit_threads(threads)
     dtype = np.dtype(dtype)
     try:

@@ -163,7 +163,7 @@ def _run_dcnv34(args):
     if args.shape:
         raise UsageError("--shape takes DCNv2 shapes; --op dcnv3/dcnv4 times InternImage's "
                          "stage shapes (see refdcn.benchmarks.dcnv34.SHAPES)")
-    names = args.backend or [b for b in api.available() if b != "reference"]
+    names = args.backend or api.fast_backends()
     for name in names:
         try:
             api.get_backend(name)

@@ -19,8 +19,8 @@ from ..api import convention_code
 from .geometry import check_dcnv3, check_dcnv4, check_grad_output, compute_dtype
 
 __all__ = ["dcnv3", "dcnv3_backward", "dcnv4", "dcnv4_backward", "DCNv3Gradients",
-           "DCNv4Gradients", "BACKENDS", "available", "get_backend", "tap_softmax",
-           "tap_softmax_backward"]
+           "DCNv4Gradients", "BACKENDS", "available", "fast_backends", "get_backend",
+           "tap_softmax", "tap_softmax_backward"]
 
 #: Backends implementing DCNv3/DCNv4 (same names as :data:`refdcn.backends.REGISTRY`), in
 #: order of preference for ``backend="auto"`` last-to-first: ``auto`` takes the first of
@@ -55,6 +55,11 @@ def _load(name):
 def available():
     """Names of the backends that run DCNv3/DCNv4 here."""
     return [name for name in BACKENDS if _load(name) is not None]
+
+
+def fast_backends():
+    """The available backends that are not the explicit-loop oracle (``ORACLE`` attribute)."""
+    return [name for name in available() if not getattr(_modules[name], "ORACLE", False)]
 
 
 def get_backend(name):

@@ -37,8 +37,7 @@ def float32_bounds(input, offset, mask, grad_output, attrs):
     geom = api.check_dcnv3(x, off, m, **attrs)
     K, D, G, P = geom.taps, geom.group_channels, geom.group, geom.out_pixels
     tiny = np.finfo(np.float32).tiny
-    out = api.dcnv3(x, off, m, **attrs, backend="numba" if "numba" in api.available()
-                    else "reference")
+    out = api.dcnv3(x, off, m, **attrs)
     g = api.dcnv3_backward(go, x, off, m, **attrs)
     n, ho, wo = geom.batch, geom.out_h, geom.out_w
     plane_max = x.reshape(n, -1, G, D).max(axis=1) if x.size else np.zeros((n, G, D))

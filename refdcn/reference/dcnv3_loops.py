@@ -48,6 +48,9 @@ DESCRIPTION = "explicit Python loops, float64 (the textbook reference; slow)"
 #: Computes and returns float64 whatever the input dtype.
 ALWAYS_FLOAT64 = True
 
+#: The explicit-loop oracle the other backends are checked against (slow).
+ORACLE = True
+
 
 def _samples(offset, mask, geom):
     """Every sample: ``(n, oy, ox, g, t, y, x, m)`` with its sampling point and weight."""

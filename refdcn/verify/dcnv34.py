@@ -186,7 +186,7 @@ def _evaluate(case, convention="mmcv", offset=None, mask=None, softmax=False):
     """Output and DCNv3 gradients of ``case`` with replaced offset/mask (float64, fast backend)."""
     off = case.offset if offset is None else offset
     msk = case.mask if mask is None else mask
-    backend = "numba" if "numba" in api.available() else "reference"
+    backend = "auto"
     n, ho, wo, _ = msk.shape
     g, k = case.attrs["group"], case.taps
     used = api.tap_softmax(msk.reshape(n, ho, wo, g, k)).reshape(msk.shape) if softmax else msk
