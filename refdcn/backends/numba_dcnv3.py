@@ -11,7 +11,8 @@ inside the padded plane, and read 0), so no corner needs a branch.
 The scalar mathematics is compiled from :mod:`refdcn.bilinear` by
 :func:`refdcn.backends._shared_math.compile_bilinear`
 (``scaled_sampling_point``, ``locate``, ``corner_weights``, ``interpolate``,
-``interpolate_gradient``); nothing is re-derived here.
+``interpolate_gradient``, and ``weighted_targets`` for the adjoint's four
+targets); nothing is re-derived here.
 
 Parallel, race-free, deterministic:
 
@@ -47,13 +48,14 @@ DESCRIPTION = "Numba: parallel channels-last DCNv3/DCNv4 kernels (prange over pi
 CHUNK = 16
 
 _shared = compile_bilinear(njit(inline="always"),
-                           ("sampling_point", "scaled_sampling_point", "locate",
-                            "corner_weights", "interpolate", "interpolate_gradient"))[1]
+                           ("scaled_sampling_point", "locate", "corner_weights",
+                            "interpolate", "interpolate_gradient", "weighted_targets"))[1]
 scaled_sampling_point = _shared["scaled_sampling_point"]
 locate = _shared["locate"]
 corner_weights = _shared["corner_weights"]
 interpolate = _shared["interpolate"]
 interpolate_gradient = _shared["interpolate_gradient"]
+weighted_targets = _shared["weighted_targets"]
 
 # ``geo`` = ModernGeometry.ints(): (H, W, G, D, sh, sw, ph, pw, dh, dw, H_out, W_out, ch, cw)
 
@@ -185,16 +187,11 @@ def _scatter(offset, mask, grad_out, geo, rows, cols, scale, grad_padded):
                 q, ly, lx = _locate_tap(offset, n, p, g, t, rows, cols, geo, scale, False)
                 m = np.float64(mask[n, p, g, t])
                 w00, w01, w10, w11 = corner_weights(ly, lx)
-                a00 = acc[q, c0:c0 + D]
-                a01 = acc[q + 1, c0:c0 + D]
-                a10 = acc[q + Wp, c0:c0 + D]
-                a11 = acc[q + Wp + 1, c0:c0 + D]
-                for d in range(D):
-                    v = np.float64(go[d]) * m
-                    a00[d] += w00 * v
-                    a01[d] += w01 * v
-                    a10[d] += w10 * v
-                    a11[d] += w11 * v
+                # the adjoint's four targets, relative to the floor corner's row q
+                for dy, dx, w in weighted_targets(0, 0, w00, w01, w10, w11):
+                    target = acc[q + dy * Wp + dx, c0:c0 + D]
+                    for d in range(D):
+                        target[d] += w * (np.float64(go[d]) * m)
 
 
 def _padded(input):
