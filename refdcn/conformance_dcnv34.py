@@ -21,6 +21,7 @@ import numpy as np
 from .dcnv34 import api
 from .dcnv34.geometry import packed_channels
 from .geometry import output_size
+from .handworked import BAND_TARGETS_X, BAND_TARGETS_Y, BORDER_TARGETS
 
 __all__ = ["ModernCase", "ConformanceCase", "CASES", "make_case", "get_case", "select", "names",
            "expected", "OPS"]
@@ -146,13 +147,11 @@ class ConformanceCase:
 
 
 # ------------------------------------------------------------------ borders, by construction
-#: Rows sampled by ``border_exact_y``: exactly -1, 0, H-1 and H for H = 3.
-BORDER_TARGETS = (-1.0, 0.0, 2.0, 3.0)
 
 
 def _border_exact_y():
     # 1x1 kernel, two groups of two channels; output (oy, ox) of group g samples
-    # (T[ox], ox + (oy + g)/4): every row target on every column, fractional columns
+    # (T[ox], ox + (oy + g)/4) with T = handworked.BORDER_TARGETS (-1, 0, H-1, H for H = 3)
     case = make_case(seed=81, batch=1, height=3, width=4, group=2, group_channels=2, kernel=(1, 1),
                      pad=(0, 0), name="border_exact_y")
     oy, ox = np.meshgrid(np.arange(3.0), np.arange(4.0), indexing="ij")
@@ -182,8 +181,8 @@ def _border_bands():
                      kernel=(1, 1), pad=(0, 0), name="border_bands")
     oy, ox = np.meshgrid(np.arange(3.0), np.arange(3.0), indexing="ij")
     off = case.offset.reshape(1, 3, 3, 1, 1, 2)
-    off[0, :, :, 0, 0, 1] = np.array([-0.75, 1.5, 2.25])[:, None] - oy
-    off[0, :, :, 0, 0, 0] = np.array([-0.25, 0.5, 2.75])[None, :] - ox
+    off[0, :, :, 0, 0, 1] = np.array(BAND_TARGETS_Y)[:, None] - oy
+    off[0, :, :, 0, 0, 0] = np.array(BAND_TARGETS_X)[None, :] - ox
     return case
 
 

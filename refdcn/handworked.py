@@ -22,7 +22,7 @@ __all__ = ["PLANE", "SAMPLE_VALUES", "COORDINATE_GRADIENTS", "LANDINGS", "ONNX_O
            "MMCV_OFFSET_BIAS_GRAD", "MMCV_OFFSET_WEIGHT_GRAD", "TORCHVISION_OFFSET_BIAS_GRAD",
            "BORDER_TARGETS", "BORDER_Y_OUTPUT", "BORDER_Y_DY", "BORDER_Y_DX", "BORDER_Y_INPUT",
            "BORDER_Y_WEIGHT", "BAND_TARGETS_Y", "BAND_TARGETS_X", "BANDS_OUTPUT", "by_hand",
-           "BY_HAND"]
+           "BY_HAND", "DCNV3_RAMP", "DCNV3_SCALE2_OUTPUT"]
 
 # ======================================================================= one plane, by hand
 #: A 3x4 plane (H = 3, W = 4) with ``v[y, x] = 4y + x + 1``: values 1..12, so a row step is
@@ -277,3 +277,18 @@ BY_HAND = {
     "border_exact_x": _border_x_case,
     "border_bands": _bands,
 }
+
+
+# ======================================================================= DCNv3 / DCNv4
+#: A 5x5 ramp ``v[y, x] = 10y + x`` (one channel, channels-last (1, 5, 5, 1)).
+DCNV3_RAMP = (10 * np.arange(5.0)[:, None] + np.arange(5.0)[None, :]).reshape(1, 5, 5, 1)
+
+#: :data:`DCNV3_RAMP` through DCNv3/DCNv4 with a 3x3 kernel, ``offset_scale = 2``, zero offsets,
+#: all weights 1, no padding (3x3 output).  ``offset_scale`` doubles the footprint about the
+#: kernel centre: output (oy, ox) is centred on (oy + 1, ox + 1) and samples the rows and
+#: columns ``centre + 2 * (-1, 0, 1)``; row or column -1 or 5 (= H, W) samples 0.
+#: (0, 0): rows, columns {1, 3}: 11 + 13 + 31 + 33 = 88; (1, 1): rows, columns {0, 2, 4}, all
+#: inside: 3 * 10 * (0 + 2 + 4) + 3 * (0 + 2 + 4) = 198; (0, 1): rows {1, 3}, columns
+#: {0, 2, 4}: 3 * 10 * (1 + 3) + 2 * (0 + 2 + 4) = 132; (1, 0) likewise 132; the corners
+#: equal (0, 0) and the edges (0, 1) by symmetry of the sampled sets.
+DCNV3_SCALE2_OUTPUT = [[88.0, 132.0, 88.0], [132.0, 198.0, 132.0], [88.0, 132.0, 88.0]]
