@@ -231,6 +231,11 @@ def test_bad_arrays_are_named():
         refdcn.dcnv3(case.input, case.offset, case.mask[..., 1:], **attrs)
     with pytest.raises(TypeError, match="offset"):
         refdcn.dcnv3(case.input, case.offset.astype(np.int64), case.mask, **attrs)
+    if np.dtype(np.longdouble).itemsize > 8:          # float128: wider than refdcn computes
+        with pytest.raises(TypeError, match="input"):
+            refdcn.dcnv3(case.input.astype(np.longdouble), case.offset, case.mask, **attrs)
+    with pytest.raises(ValueError, match="stride_h"):
+        refdcn.dcnv3(case.input, case.offset, case.mask, **dict(attrs, stride_h=2**40))
     with pytest.raises(ValueError, match="input"):
         refdcn.dcnv3(case.input[0], case.offset, case.mask, **attrs)
     with pytest.raises(ValueError, match="offset_mask"):

@@ -34,7 +34,7 @@ import numbers
 
 import numpy as np
 
-from ..geometry import compute_dtype, output_size
+from ..geometry import MAX_ATTRIBUTE, check_dtype, compute_dtype, output_size
 
 __all__ = ["ModernGeometry", "check_dcnv3", "check_dcnv4", "check_grad_output", "packed_channels",
            "tap_order", "compute_dtype"]
@@ -144,6 +144,8 @@ def _int(value, name, minimum):
     if value < minimum:
         kind = "non-negative" if minimum == 0 else f">= {minimum}"
         raise ValueError(f"{name} must be {kind}; got {value!r}")
+    if value > MAX_ATTRIBUTE:
+        raise ValueError(f"{name} must be at most {MAX_ATTRIBUTE} (2**31 - 1); got {value!r}")
     return int(value)
 
 
@@ -151,9 +153,7 @@ def _array(a, name, layout):
     if a is None or not hasattr(a, "shape") or not hasattr(a, "dtype"):
         raise TypeError(f"{name} must be an array of shape {layout}; got "
                         f"{'None' if a is None else type(a).__name__}")
-    if np.dtype(a.dtype).kind != "f":
-        raise TypeError(f"{name} must have a floating dtype (float16, float32 or float64); "
-                        f"got {np.dtype(a.dtype)}")
+    check_dtype(a, name)            # refdcn's one dtype policy (float16/32/64)
     if len(a.shape) != 4:
         raise ValueError(f"{name} must be 4-D {layout}; got shape {tuple(a.shape)}")
     return tuple(int(s) for s in a.shape)
