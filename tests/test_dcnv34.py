@@ -297,3 +297,25 @@ def test_fast_backends_match_reference_on_random_arguments(case, op):
         actual = _run(case, op, backend)
         for q, e in expected.items():
             assert relative_error(actual[q], e) <= FLOAT64_RTOL, (backend, q)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("what", ["input", "offset", "mask", "grad_output"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_follow_the_reference(backend, what, value):
+    """One IEEE rule: NaN/inf in any argument give the reference's NaNs, infs and values."""
+    rng = np.random.default_rng(abs(hash((what, str(value)))) % 2**32)
+    for name in ("groups_nonsquare", "zero_offsets_pad1"):
+        case = conf.get_case(name).build()
+        array = getattr(case, what)
+        for _ in range(2):
+            array[tuple(rng.integers(0, s) for s in array.shape)] = value
+        with np.errstate(all="ignore"):
+            expected = conf.reference_results(case, "dcnv3")
+            actual = _run(case, "dcnv3", backend)
+        for q, e in expected.items():
+            a = actual[q]
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(e), err_msg=q)
+            np.testing.assert_array_equal(a[np.isinf(e)], e[np.isinf(e)], err_msg=q)
+            finite = np.isfinite(e)
+            assert relative_error(a[finite], e[finite]) <= FLOAT64_RTOL, q

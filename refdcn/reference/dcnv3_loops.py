@@ -26,9 +26,12 @@ mixing happens in the Linear layers around the op.
 The backward, for an upstream gradient ``G = dL/d out`` (``go = G[n, oy, ox, c]``)::
 
     grad_mask[n, oy, ox, g, t]      += go * S
-    grad_offset[n, oy, ox, g, t, 1] += go * m * dS/dy * offset_scale     (dy)
-    grad_offset[n, oy, ox, g, t, 0] += go * m * dS/dx * offset_scale     (dx)
+    grad_offset[n, oy, ox, g, t, 1]  = m * (sum_d go * dS/dy) * offset_scale     (dy)
+    grad_offset[n, oy, ox, g, t, 0]  = m * (sum_d go * dS/dx) * offset_scale     (dx)
     grad_input[n, y0+a, x0+b, c]    += go * m * w_ab    (the adjoint: scatter_add)
+
+(the weight outside the channel sum, so that a non-finite weight or gradient
+propagates by the same IEEE rule in every backend).
 
 The offset gradient follows DCNv3/v4's border rule, mmcv's
 (:data:`refdcn.bilinear.BORDER_MMCV`: 0 for a point on or outside ``y = -1``,
@@ -117,16 +120,21 @@ def backward(grad_output, input, offset, mask, geom, dtype=None, convention=BORD
     grad_offset = np.zeros(offset.shape)
     grad_mask = np.zeros(mask.shape)
     for n, oy, ox, g, t, y, x, m in _samples(offset, mask, geom):
+        sum_y = sum_x = 0.0
         for d in range(D):
             c = g * D + d
             go = float(grad_output[n, oy, ox, c])
             plane = input[n, :, :, c]
             # the weight: the sample is its coefficient
             grad_mask[n, oy, ox, g, t] += go * bilinear_sample(plane, H, W, y, x)
-            # the offsets: chain rule through y = ... + dy * offset_scale
+            # the offsets: the channel sum of go * dS/dy (dS/dx) ...
             ds_dy, ds_dx = bilinear_gradient(plane, H, W, y, x, convention)
-            grad_offset[n, oy, ox, g, t, 1] += go * m * ds_dy * scale
-            grad_offset[n, oy, ox, g, t, 0] += go * m * ds_dx * scale
+            sum_y += go * ds_dy
+            sum_x += go * ds_dx
             # the input: the adjoint of sampling
             scatter_add(grad_input[n, :, :, c], H, W, y, x, go * m)
+        # ... times the weight and d(y)/d(dy) = offset_scale (outside the channel sum:
+        # refdcn's one rule for non-finite values, as in the DCNv2 reference)
+        grad_offset[n, oy, ox, g, t, 1] = m * sum_y * scale
+        grad_offset[n, oy, ox, g, t, 0] = m * sum_x * scale
     return grad_input, grad_offset, grad_mask
