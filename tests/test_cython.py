@@ -180,6 +180,11 @@ def test_mirror_arithmetic(kernels):
             [0, 3], [1, 2], [0, 2], [0, 2], [1, 3], deltas):
         assert _same(kernels._py_sampling_point(out_index, stride, padding, tap, dilation, delta),
                      bilinear.sampling_point(out_index, stride, padding, tap, dilation, delta))
+        for centre, scale in ((0, 1.0), (2, 0.5), (1, 1.7), (3, -2.0)):
+            assert _same(kernels._py_scaled_sampling_point(out_index, stride, padding, tap,
+                                                           dilation, delta, centre, scale),
+                         bilinear.scaled_sampling_point(out_index, stride, padding, tap,
+                                                        dilation, delta, centre, scale))
 
 
 # --------------------------------------------------------------------------- the kernels

@@ -34,6 +34,14 @@ cdef inline double sampling_point(Py_ssize_t out_index, Py_ssize_t stride, Py_ss
     return out_index * stride - padding + tap * dilation + delta
 
 
+cdef inline double scaled_sampling_point(Py_ssize_t out_index, Py_ssize_t stride,
+                                         Py_ssize_t padding, Py_ssize_t tap,
+                                         Py_ssize_t dilation, double delta, Py_ssize_t centre,
+                                         double scale) noexcept nogil:
+    return sampling_point(out_index, stride, padding, centre, 1,
+                          (tap * dilation - centre + delta) * scale)
+
+
 cdef inline (bint, Py_ssize_t, Py_ssize_t, double, double) locate(
         double y, double x, Py_ssize_t height, Py_ssize_t width,
         bint closed_at_minus_one) noexcept nogil:

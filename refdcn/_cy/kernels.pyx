@@ -70,8 +70,8 @@ from libc.string cimport memcpy, memset
 from refdcn._cy.bilinear cimport (BORDER_TORCHVISION, OUTSIDE, Target, bilinear_gradient,
                                   bilinear_sample, corner_weights, corners, in_image,
                                   interpolate, interpolate_gradient, locate, pixel, real,
-                                  sampling_point, scatter_add, scatter_corners, weighted_sum,
-                                  weighted_targets)
+                                  sampling_point, scaled_sampling_point, scatter_add,
+                                  scatter_corners, weighted_sum, weighted_targets)
 
 cdef extern from *:
     """
@@ -454,6 +454,13 @@ def _py_sampling_point(Py_ssize_t out_index, Py_ssize_t stride, Py_ssize_t paddi
                        Py_ssize_t tap, Py_ssize_t dilation, double delta):
     """bilinear.pxd's sampling_point, callable from Python (for the mirror test)."""
     return sampling_point(out_index, stride, padding, tap, dilation, delta)
+
+
+def _py_scaled_sampling_point(Py_ssize_t out_index, Py_ssize_t stride, Py_ssize_t padding,
+                              Py_ssize_t tap, Py_ssize_t dilation, double delta,
+                              Py_ssize_t centre, double scale):
+    """bilinear.pxd's scaled_sampling_point (DCNv3/DCNv4), callable from Python."""
+    return scaled_sampling_point(out_index, stride, padding, tap, dilation, delta, centre, scale)
 
 
 def _py_locate(double y, double x, Py_ssize_t height, Py_ssize_t width, bint closed_at_minus_one):
