@@ -319,3 +319,15 @@ def test_non_finite_values_follow_the_reference(backend, what, value):
             np.testing.assert_array_equal(a[np.isinf(e)], e[np.isinf(e)], err_msg=q)
             finite = np.isfinite(e)
             assert relative_error(a[finite], e[finite]) <= FLOAT64_RTOL, q
+
+
+def test_kernel_cache_is_keyed_on_the_dcnv3_kernels_source():
+    """The hash-keyed Numba cache must cover every file whose kernels it stores, or an edit
+    that keeps line numbers would load stale machine code."""
+    import pathlib
+    from refdcn.backends import _numba_cache
+    root = pathlib.Path(refdcn.__file__).parent
+    users = {str(p.relative_to(root)) for p in (root / "backends").glob("*.py")
+             if "_Kernel" in p.read_text() or "_numba_cache.enable" in p.read_text()}
+    users.discard("backends/_numba_cache.py")
+    assert users <= set(_numba_cache.DEPENDENCIES), users - set(_numba_cache.DEPENDENCIES)

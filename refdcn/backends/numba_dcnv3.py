@@ -37,12 +37,13 @@ except ImportError as exc:   # pragma: no cover - depends on the environment
     raise ImportError(f"numba is not installed ({exc})") from exc
 
 from .. import bilinear
-from . import numba_cpu
+from . import Capabilities, numba_cpu
 from .numba_cpu import _fixed_order_sum
 from ._shared_math import compile_bilinear
 
 NAME = "numba"
 DESCRIPTION = "Numba: parallel channels-last DCNv3/DCNv4 kernels (prange over pixels / groups)"
+CAPABILITIES = Capabilities(device="cpu", compute_dtype="input", blocked=False, threads=True)
 
 #: Output pixels per forward task.
 CHUNK = 16

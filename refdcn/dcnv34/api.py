@@ -19,7 +19,7 @@ from ..api import convention_code
 from .geometry import check_dcnv3, check_dcnv4, check_grad_output, compute_dtype
 
 __all__ = ["dcnv3", "dcnv3_backward", "dcnv4", "dcnv4_backward", "DCNv3Gradients",
-           "DCNv4Gradients", "BACKENDS", "available", "fast_backends", "get_backend",
+           "DCNv4Gradients", "BACKENDS", "available", "capabilities", "fast_backends", "get_backend",
            "tap_softmax", "tap_softmax_backward"]
 
 #: Backends implementing DCNv3/DCNv4 (same names as :data:`refdcn.backends.REGISTRY`), in
@@ -57,9 +57,14 @@ def available():
     return [name for name in BACKENDS if _load(name) is not None]
 
 
+def capabilities(name):
+    """The :class:`refdcn.backends.Capabilities` of a DCNv3/DCNv4 backend (``CAPABILITIES``)."""
+    return get_backend(name).CAPABILITIES
+
+
 def fast_backends():
-    """The available backends that are not the explicit-loop oracle (``ORACLE`` attribute)."""
-    return [name for name in available() if not getattr(_modules[name], "ORACLE", False)]
+    """The available backends that are not the explicit-loop oracle."""
+    return [name for name in available() if not capabilities(name).oracle]
 
 
 def get_backend(name):
@@ -123,7 +128,7 @@ def _dcnv4_views(geom, offset_mask):
 
 
 def _prepare(module, arrays, dtype_from):
-    dtype = np.dtype(np.float64) if getattr(module, "ALWAYS_FLOAT64", False) \
+    dtype = np.dtype(np.float64) if module.CAPABILITIES.compute_dtype == "float64" \
         else compute_dtype(*dtype_from)
     return dtype, [np.ascontiguousarray(a, dtype=dtype) for a in arrays]
 

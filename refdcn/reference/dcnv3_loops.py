@@ -42,17 +42,16 @@ torchvision's rule instead (for the verifier's diagnosis).
 
 import numpy as np
 
+from ..backends import Capabilities
+
 from ..bilinear import (BORDER_MMCV, bilinear_gradient, bilinear_sample, scaled_sampling_point,
                         scatter_add)
 
 NAME = "reference"
 DESCRIPTION = "explicit Python loops, float64 (the textbook reference; slow)"
 
-#: Computes and returns float64 whatever the input dtype.
-ALWAYS_FLOAT64 = True
-
-#: The explicit-loop oracle the other backends are checked against (slow).
-ORACLE = True
+#: The explicit-loop oracle, float64 whatever the input dtype (see refdcn.backends.Capabilities).
+CAPABILITIES = Capabilities(device="cpu", compute_dtype="float64", oracle=True, blocked=False)
 
 
 def _samples(offset, mask, geom):
