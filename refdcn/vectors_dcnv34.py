@@ -278,7 +278,8 @@ def check(directory, outputs, dtype=None, rtol=None, names=None):
 
 def run_command(args):
     """``refdcn vectors export|check --op dcnv3|dcnv4 ...`` (options of :mod:`refdcn.commands.vectors`)."""
-    from .cli import UsageError
+    from .cli import DataError, UsageError
+    from .vectors import DataError as MalformedFile
     from .verify import dcnv34 as verifier
     op = args.op
     if args.action == "export":
@@ -303,6 +304,8 @@ def run_command(args):
                 raise ValueError(f"{args.directory} holds {manifest_op} vectors, not {op}")
             report = check(args.directory, args.outputs,
                            None if args.dtype == "auto" else args.dtype, args.rtol, args.case)
+        except MalformedFile as exc:      # a malformed file: exit status 3
+            raise DataError(str(exc)) from None
         except (ValueError, OSError) as exc:
             raise UsageError(str(exc)) from None
         print(verifier.format_json(report) if args.json else verifier.format_text(report))

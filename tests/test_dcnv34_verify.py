@@ -130,3 +130,9 @@ def test_cli_vectors_op(tmp_path, capsys):
                  grad_input=data["grad_input"], grad_offset_mask=data["grad_offset_mask"])
     assert main(["vectors", "check", "--op", "dcnv4", str(tmp_path), str(out)]) == 0
     assert main(["vectors", "check", "--op", "dcnv3", str(tmp_path), str(out)]) == 2
+
+
+def test_cli_vectors_check_malformed_manifest_exits_3(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    (tmp_path / "out").mkdir()
+    assert main(["vectors", "check", "--op", "dcnv3", str(tmp_path), str(tmp_path / "out")]) == 3
