@@ -136,8 +136,11 @@ def test_peak_resident_memory_stays_under_the_bound(backend):
                PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(refdcn.__file__)),
                                            os.environ.get("PYTHONPATH", "")]))
     for images in (1, 2):
+        # cwd: the directory holding the refdcn under test (``python -c`` puts the cwd first
+        # on sys.path, so a source tree without the compiled extension must not be the cwd)
         done = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, backend, str(images)],
-                              env=env, capture_output=True, text=True, timeout=600)
+                              env=env, capture_output=True, text=True, timeout=600,
+                              cwd=os.path.dirname(os.path.dirname(refdcn.__file__)))
         assert done.returncode == 0, done.stderr[-3000:]
         bound, peak = map(int, done.stdout.split()[-2:])
         # page granularity, allocator arenas, weight-sized matrices: under 1 MiB
