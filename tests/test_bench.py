@@ -90,3 +90,20 @@ def test_cuda_without_a_gpu_exits_2_with_one_line(capsys, monkeypatch):
     assert main(["bench", "--backend", "cuda", "--quick"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cuda" in err[0]
+
+
+def test_beside_times_each_context_in_its_own_process(capsys, tmp_path):
+    """``--beside``: 'alone' and the context side by side, each from a fresh process."""
+    path = tmp_path / "beside.json"
+    status = main(["bench", "--backend", "numpy", "--shape", TINY, "--repeats", "1",
+                   "--warmup", "0", "--beside", "numba-threads", "--json", str(path)])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "forward ms (x alone)" in out and "forward+backward ms (x alone)" in out
+    header = next(line for line in out.splitlines() if line.startswith("shape"))
+    assert header.split()[-2:] == ["alone", "numba-threads"]
+    record = json.loads(path.read_text())
+    assert set(record["contexts"]) == {"alone", "numba-threads"}
+    for context in record["contexts"].values():
+        (row,) = context["rows"]
+        assert row["backend"] == "numpy" and row["forward_ms"] > 0

@@ -56,6 +56,13 @@ def add_arguments(parser):
                              "InternImage's stage shapes beside the torch grid_sample "
                              "composition (refdcn.benchmarks.dcnv34; --shape, --v1 and "
                              "--no-baselines do not apply)")
+    parser.add_argument("--beside", action="append", metavar="CONTEXT",
+                        choices=("torch", "openvino", "numba-threads", "busy-core", "all"),
+                        help="also time refdcn's backends in this context, each in a fresh "
+                             "process, beside a process with refdcn alone: torch or openvino "
+                             "loaded and running first, numba.set_num_threads() called first, "
+                             "or one CPU kept busy by another process (repeatable; 'all': every "
+                             "context available here); prints the times side by side")
 
 
 def _check_positive(value, name, minimum=1):
@@ -176,6 +183,21 @@ def _run_dcnv34(args):
     return 0
 
 
+def _run_beside(args, shapes, repeats, warmup, requested):
+    """``--beside``: every context in its own process (:mod:`refdcn.benchmarks.contexts`)."""
+    from ..benchmarks import contexts, cpu
+    beside = contexts.CONTEXTS[1:] if "all" in args.beside else args.beside
+    settings = cpu.Settings(shapes=[tuple(s) for s in shapes], backends=_cpu_backends(requested),
+                            repeats=repeats, warmup=warmup, threads=args.threads,
+                            dtype=args.dtype, modulated=not args.v1, baselines=False)
+    try:
+        contexts.run_contexts(settings, list(dict.fromkeys(beside)), json_path=args.json)
+    except RuntimeError as exc:
+        print(f"refdcn bench: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def run(args):
     from ..benchmarks import cpu
     _check_positive(args.repeats, "repeats")
@@ -193,6 +215,8 @@ def run(args):
     want_gpu = requested is not None and "cuda" in requested
     cpu_requested = None if requested is None else [n for n in requested if n != "cuda"]
     status = 0
+    if args.beside and (cpu_requested is None or cpu_requested):
+        return _run_beside(args, shapes, repeats, warmup, cpu_requested)
     if cpu_requested is None or cpu_requested:
         names = _cpu_backends(cpu_requested)
         settings = cpu.Settings(shapes=[tuple(s) for s in shapes], backends=names,
