@@ -56,6 +56,11 @@ def add_arguments(parser):
                              "InternImage's stage shapes beside the torch grid_sample "
                              "composition (refdcn.benchmarks.dcnv34; --shape, --v1 and "
                              "--no-baselines do not apply)")
+    parser.add_argument("--profile", action="store_true",
+                        help="break one call of each backend down into its steps (argument "
+                             "checks, layout changes, im2col, GEMM with its FLOP rate, col2im, "
+                             "coordinate gradients, allocation, driver) beside onnxruntime's "
+                             "forward and NumPy's matmul rate, instead of the speed table")
     parser.add_argument("--beside", action="append", metavar="CONTEXT",
                         choices=("torch", "openvino", "numba-threads", "busy-core", "all"),
                         help="also time refdcn's backends in this context, each in a fresh "
@@ -215,6 +220,14 @@ def run(args):
     want_gpu = requested is not None and "cuda" in requested
     cpu_requested = None if requested is None else [n for n in requested if n != "cuda"]
     status = 0
+    if args.profile and (cpu_requested is None or cpu_requested):
+        from ..benchmarks import profile
+        settings = cpu.Settings(shapes=[tuple(s) for s in shapes],
+                                backends=_cpu_backends(cpu_requested), repeats=repeats,
+                                warmup=warmup, threads=args.threads, dtype=args.dtype,
+                                modulated=not args.v1, baselines=not args.no_baselines)
+        profile.run_profile(settings, json_path=args.json)
+        return 0
     if args.beside and (cpu_requested is None or cpu_requested):
         return _run_beside(args, shapes, repeats, warmup, cpu_requested)
     if cpu_requested is None or cpu_requested:
