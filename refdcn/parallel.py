@@ -1,0 +1,200 @@
+"""refdcn's own worker threads: the parallel loops of the compiled CPU kernels.
+
+The compiled kernels are serial functions over a range of *tasks* (for
+example, chunks of output pixels of an image) that release the GIL; this
+module runs the tasks of one call on a small pool of Python threads, the
+calling thread included.  Owning the threads, rather than using Numba's
+threading layers or OpenMP, makes refdcn's speed independent of what else the
+process does:
+
+* no call order matters: Numba's threading layer is chosen once per process,
+  by whoever first runs parallel Numba code or calls
+  ``numba.set_num_threads()`` (issue 12, item 9), and GNU OpenMP's idle
+  threads spin for milliseconds after each parallel loop unless
+  ``OMP_WAIT_POLICY=PASSIVE`` was set before the runtime loaded -- which
+  torch does first when it is imported first.  Idle workers here sleep on a
+  condition variable: they never take a core from the BLAS threads of the
+  matrix products between the kernels, nor from anyone else;
+* starved threads cost little: tasks are handed out one at a time from a
+  shared counter (dynamic scheduling) and the caller works too, so when
+  another process holds a core, the threads that do run take over the tasks
+  of the one that does not, and the call waits only for tasks already
+  started -- never for a worker that has not woken up yet.  With one of two
+  cores busy, a call degrades to about the time of one thread instead of
+  waiting for the scheduler at every parallel loop;
+* ``fork`` is safe: a child process starts a new pool on its first call
+  (threads do not survive ``fork``);
+* no environment variable is needed.
+
+Which task runs on which thread varies from call to call, so the kernels must
+give each task its own outputs (and scratch memory): then the results do not
+depend on the schedule or on the number of threads.
+
+Threads: :func:`set_num_threads` (default: the CPUs this process may run on,
+``os.sched_getaffinity``).
+"""
+
+import itertools
+import os
+import threading
+
+__all__ = ["num_threads", "set_num_threads", "run", "default_threads"]
+
+
+def default_threads():
+    """The number of CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):      # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_threads = None
+
+
+def num_threads():
+    """Threads a parallel call uses, the caller included (:func:`set_num_threads`)."""
+    return default_threads() if _threads is None else _threads
+
+
+def set_num_threads(threads):
+    """Set the threads of refdcn's compiled CPU kernels; ``None`` restores the default.
+
+    Parameters
+    ----------
+    threads : int or None
+        At least 1 (1: every kernel runs in the calling thread); None: the
+        CPUs this process may run on.
+
+    Raises
+    ------
+    TypeError
+        If ``threads`` is not an int (bools are refused).
+    ValueError
+        If ``threads < 1``.
+    """
+    global _threads
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int):
+            try:
+                import numpy as np
+                ok = isinstance(threads, np.integer)
+            except ImportError:      # pragma: no cover - numpy is a dependency
+                ok = False
+            if not ok:
+                raise TypeError(f"threads must be an int or None; got {threads!r} "
+                                f"({type(threads).__name__})")
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1; got {threads!r}")
+        threads = int(threads)
+    _threads = threads
+
+
+class _Job:
+    """The tasks ``0 .. n-1`` of one call, handed out one at a time."""
+
+    def __init__(self, n, task):
+        self.n = n
+        self.task = task
+        self.take = itertools.count().__next__      # atomic under the GIL
+        self.lock = threading.Lock()
+        self.finished = 0
+        self.done = threading.Event()
+        self.error = None
+
+    def work(self):
+        while True:
+            i = self.take()
+            if i >= self.n:
+                return
+            try:
+                self.task(i)
+            except BaseException as exc:   # re-raised in the caller
+                if self.error is None:
+                    self.error = exc
+            with self.lock:
+                self.finished += 1
+                if self.finished == self.n:
+                    self.done.set()
+
+
+class _Pool:
+    """Sleeping worker threads that join the latest job when woken."""
+
+    def __init__(self, workers):
+        self.workers = workers
+        self.cv = threading.Condition()
+        self.job = None
+        self.generation = 0
+        for _ in range(workers):
+            threading.Thread(target=self._worker, name="refdcn-worker", daemon=True).start()
+
+    def _worker(self):
+        seen = 0
+        while True:
+            with self.cv:
+                while self.generation == seen:
+                    self.cv.wait()
+                seen = self.generation
+                job = self.job
+            job.work()
+
+    def run(self, job, helpers):
+        with self.cv:
+            self.job = job
+            self.generation += 1
+            self.cv.notify(helpers)
+        job.work()
+        job.done.wait()
+
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _get_pool(workers):
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool.workers < workers:
+            _pool = _Pool(workers)      # an old, smaller pool's threads just stay asleep
+        return _pool
+
+
+def _forget_pool():
+    """In a forked child: the parent's threads are gone; start afresh on the next call."""
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def run(n, task, threads=None):
+    """Run ``task(i)`` for ``i`` in ``range(n)`` on up to ``threads`` threads; wait for all.
+
+    The calling thread takes tasks too; ``task`` must release the GIL to run
+    in parallel (Numba ``nogil=True``, Cython ``with nogil``).  Tasks may run
+    in any order and on any thread.  The first exception raised by a task is
+    re-raised here, after every started task has finished.
+
+    Parameters
+    ----------
+    n : int
+        Number of tasks.
+    task : callable
+        ``task(i)``.
+    threads : int, optional
+        Default :func:`num_threads`; 1 runs every task in the calling thread.
+    """
+    threads = num_threads() if threads is None else threads
+    job = _Job(n, task)
+    if n <= 0:
+        return
+    if threads <= 1 or n == 1:
+        job.work()
+    else:
+        _get_pool(threads - 1).run(job, min(threads - 1, n - 1))
+    if job.error is not None:
+        raise job.error

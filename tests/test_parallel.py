@@ -1,0 +1,86 @@
+"""refdcn.parallel: every task runs once, errors reach the caller, fork is safe."""
+
+import multiprocessing
+import threading
+
+import numpy as np
+import pytest
+
+from refdcn import parallel
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 100])
+def test_every_task_runs_exactly_once(threads, n):
+    counts = np.zeros(n, int)
+    lock = threading.Lock()
+
+    def task(i):
+        with lock:
+            counts[i] += 1
+    parallel.run(n, task, threads)
+    assert (counts == 1).all()
+
+
+def test_tasks_run_on_several_threads_when_they_wait():
+    """Tasks that block (as nogil kernels do) are shared by the workers and the caller."""
+    seen = set()
+    barrier = threading.Barrier(2, timeout=10)
+
+    def task(i):
+        seen.add(threading.get_ident())
+        barrier.wait()          # two tasks must be in flight at once, or this times out
+    parallel.run(2, task, threads=2)
+    assert len(seen) == 2 and threading.get_ident() in seen
+
+
+def test_the_first_error_is_raised_after_the_other_tasks():
+    done = []
+
+    def task(i):
+        if i == 3:
+            raise KeyError("task 3")
+        done.append(i)
+    with pytest.raises(KeyError, match="task 3"):
+        parallel.run(10, task, threads=2)
+    assert sorted(done) == [i for i in range(10) if i != 3]
+
+
+def _child(queue):
+    out = np.zeros(50)
+
+    def task(i):
+        out[i] = i * i
+    parallel.run(50, task, threads=2)
+    queue.put(out.tolist())
+
+
+def test_a_forked_child_gets_its_own_threads():
+    parallel.run(4, lambda i: None, threads=2)           # the parent's pool exists
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child, args=(queue,))
+    child.start()
+    result = queue.get(timeout=60)
+    child.join(60)
+    assert child.exitcode == 0
+    assert result == [float(i * i) for i in range(50)]
+
+
+def test_thread_count_setting():
+    try:
+        parallel.set_num_threads(3)
+        assert parallel.num_threads() == 3
+        parallel.set_num_threads(np.int64(1))
+        assert parallel.num_threads() == 1
+        parallel.set_num_threads(None)
+        assert parallel.num_threads() == parallel.default_threads() >= 1
+    finally:
+        parallel.set_num_threads(None)
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-2, ValueError), (True, TypeError),
+                                        (2.0, TypeError), ("2", TypeError)])
+def test_bad_thread_counts_are_refused_by_name(bad, error):
+    with pytest.raises(error, match="threads"):
+        parallel.set_num_threads(bad)
