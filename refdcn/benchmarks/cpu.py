@@ -111,16 +111,23 @@ def default_backends():
 
 
 def limit_threads(threads):
-    """Limit NumPy's BLAS, Numba and torch to ``threads`` threads.
+    """Limit refdcn's kernels, NumPy's BLAS, OpenMP runtimes and torch to ``threads`` threads.
 
-    Returns ``(keep_alive, info)``: an object to keep referenced while the
-    limit must hold (threadpoolctl's limiter, or None) and a description.
+    Returns ``(keep_alive, info)``: an object whose ``restore_original_limits()``
+    undoes the limits, and a description.  Numba's own thread count is not
+    touched: refdcn's kernels run on :mod:`refdcn.parallel`, and calling
+    ``numba.set_num_threads()`` would start a Numba threading layer for
+    nothing.
     """
+    from .. import parallel
     info = {}
-    keep = None
+    previous = parallel._threads
+    parallel.set_num_threads(threads)
+    info["refdcn"] = threads
+    limiter = None
     try:
         from threadpoolctl import threadpool_limits
-        keep = threadpool_limits(limits=threads, user_api="blas")
+        limiter = threadpool_limits(limits=threads)       # BLAS and OpenMP runtimes
         info["blas"] = threads
     except ImportError:
         from ..install_hints import extra_command
@@ -128,20 +135,26 @@ def limit_threads(threads):
                         f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; to limit it: "
                         f"{extra_command('bench')})")
     try:
-        import numba
-        available = numba.config.NUMBA_NUM_THREADS
-        numba.set_num_threads(min(threads, available))
-        info["numba"] = numba.get_num_threads()
-    except ImportError:
-        pass
-    try:
         import torch
         torch.set_num_threads(threads)
         info["torch"] = torch.get_num_threads()
     except ImportError:
         pass
     info["onnxruntime"] = threads        # set per session (intra-op threads)
-    return keep, info
+    return _Limits(limiter, previous), info
+
+
+class _Limits:
+    """Undoes :func:`limit_threads`."""
+
+    def __init__(self, limiter, previous_threads):
+        self.limiter, self.previous_threads = limiter, previous_threads
+
+    def restore_original_limits(self):
+        from .. import parallel
+        parallel.set_num_threads(self.previous_threads)
+        if self.limiter is not None:
+            self.limiter.restore_original_limits()
 
 
 def make_inputs(shape, dtype, modulated, seed=0):
@@ -387,11 +400,15 @@ def format_table(rows):
 
 
 def _threading_layer():
+    """Numba's threading layer, "not started" (refdcn never starts one), or None without Numba."""
     try:
         import numba
-        return numba.threading_layer()
-    except (ImportError, ValueError):
+    except ImportError:
         return None
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return "not started"
 
 
 def run_cpu_benchmark(settings, json_path=None, out=None):
@@ -439,8 +456,7 @@ def run_cpu_benchmark(settings, json_path=None, out=None):
           f"{column_memory() / 2**20:.0f} MiB", file=out)
     for label, note in notes.items():
         print(f"note: {note}", file=out)
-    if keep is not None:
-        keep.restore_original_limits()
+    keep.restore_original_limits()
     if json_path:
         record = dict(machine=machine(), settings=asdict(settings), threading_layer=layer,
                       matmul_gflops=matmul, rows=[asdict(r) for r in rows], notes=notes,
