@@ -32,13 +32,29 @@ depend on the schedule or on the number of threads.
 
 Threads: :func:`set_num_threads` (default: the CPUs this process may run on,
 ``os.sched_getaffinity``).
+
+The BLAS's threads are the BLAS's own: they split every product statically,
+so a product waits for its slowest thread.  For products too small to gain
+from a second thread, :func:`single_threaded_blas` runs them on one
+(:data:`SMALL_GEMM_FLOPS`).
 """
 
+from contextlib import contextmanager
 import itertools
 import os
 import threading
 
-__all__ = ["num_threads", "set_num_threads", "run", "default_threads"]
+__all__ = ["num_threads", "set_num_threads", "run", "default_threads", "single_threaded_blas",
+           "SMALL_GEMM_FLOPS"]
+
+#: Matrix products of fewer floating-point operations than this run on one
+#: BLAS thread inside :func:`single_threaded_blas` (the driver's choice, made
+#: per call from the per-image product size, never from the batch).  Such a
+#: product takes well under a millisecond on one core; a second BLAS thread
+#: saves at most half of that, but costs a hand-over per product, and on a
+#: machine where another job holds a core the product waits for the starved
+#: thread (measured: a 0.07 ms product took 8 ms).
+SMALL_GEMM_FLOPS = 2**25
 
 
 def default_threads():
@@ -162,9 +178,11 @@ def _get_pool(workers):
 
 def _forget_pool():
     """In a forked child: the parent's threads are gone; start afresh on the next call."""
-    global _pool, _pool_lock
+    global _pool, _pool_lock, _blas_lock, _blas_users
     _pool = None
     _pool_lock = threading.Lock()
+    _blas_lock = threading.Lock()
+    _blas_users = 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -198,3 +216,54 @@ def run(n, task, threads=None):
         _get_pool(threads - 1).run(job, min(threads - 1, n - 1))
     if job.error is not None:
         raise job.error
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_saved = None
+_blas_libraries = None
+
+
+def _blas_controllers():
+    """threadpoolctl's controllers of the BLAS libraries loaded here ([] without threadpoolctl)."""
+    global _blas_libraries
+    if _blas_libraries is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas_libraries = list(ThreadpoolController().select(user_api="blas")
+                                   .lib_controllers)
+        except Exception:       # not installed, or an unknown BLAS: leave the BLAS alone
+            _blas_libraries = []
+    return _blas_libraries
+
+
+@contextmanager
+def single_threaded_blas(active=True):
+    """Run the BLAS on one thread inside this block (when ``active``).
+
+    For calls whose products are all small (:data:`SMALL_GEMM_FLOPS`).
+    Nested and concurrent blocks are counted: the first sets the BLAS to one
+    thread, the last restores what it was.  The setting is process-wide
+    while a block runs (as with ``threadpoolctl.threadpool_limits``), so BLAS
+    calls made by other threads meanwhile run on one thread too.  Uses
+    threadpoolctl when it is installed; without it this does nothing.
+    """
+    libraries = _blas_controllers() if active else []
+    if not libraries:
+        yield
+        return
+    global _blas_users, _blas_saved
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_saved = [lib.get_num_threads() for lib in libraries]
+            for lib in libraries:
+                lib.set_num_threads(1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                for lib, threads in zip(libraries, _blas_saved):
+                    lib.set_num_threads(threads)

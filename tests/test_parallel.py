@@ -84,3 +84,20 @@ def test_thread_count_setting():
 def test_bad_thread_counts_are_refused_by_name(bad, error):
     with pytest.raises(error, match="threads"):
         parallel.set_num_threads(bad)
+
+
+def test_single_threaded_blas_nests_and_restores():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    libraries = parallel._blas_controllers()
+    if not libraries:
+        pytest.skip("no BLAS that threadpoolctl can control")
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        before = [lib.get_num_threads() for lib in libraries]
+        with parallel.single_threaded_blas():
+            assert all(lib.get_num_threads() == 1 for lib in libraries)
+            with parallel.single_threaded_blas():
+                pass
+            assert all(lib.get_num_threads() == 1 for lib in libraries)   # still inside
+        assert [lib.get_num_threads() for lib in libraries] == before
+        with parallel.single_threaded_blas(active=False):
+            assert [lib.get_num_threads() for lib in libraries] == before
