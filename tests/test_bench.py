@@ -107,3 +107,36 @@ def test_beside_times_each_context_in_its_own_process(capsys, tmp_path):
     for context in record["contexts"].values():
         (row,) = context["rows"]
         assert row["backend"] == "numpy" and row["forward_ms"] > 0
+
+
+def test_profile_times_the_steps_without_changing_the_result():
+    """``--profile``'s timed kernel set computes the same bits, and counts every GEMM FLOP."""
+    from refdcn import driver
+    from refdcn.benchmarks import profile
+    from refdcn.geometry import check_arguments
+    case = cpu.make_inputs((2, 4, 6, 7, 5, 3), "float64", modulated=True)
+    geom = check_arguments(*case.args())
+    args = (case.input, case.offset, case.mask, case.weight, case.bias, geom, np.float64)
+    for name in cpu.default_backends()[0]:
+        kernels = profile.kernel_set(name)
+        if kernels is None:
+            continue
+        clock = profile.StepClock()
+        timed = profile.timed_kernels(kernels, clock)
+        assert np.array_equal(driver.forward(timed, *args), driver.forward(kernels, *args))
+        assert clock.gemm_flops == geom.flops()          # forward: exactly the convolution
+        assert {"im2col", "GEMM", "alloc", "bias"} <= set(clock.seconds), name
+        clock.reset()
+        driver.backward(timed, case.grad_output, *args, 0)
+        assert {"im2col", "GEMM", "col2im", "coordinate gradients"} <= set(clock.seconds)
+        assert clock.gemm_flops == 2 * geom.flops()      # weight and column gradients
+
+
+def test_profile_table_through_the_cli(capsys):
+    assert main(["bench", "--profile", "--backend", "numpy", "--shape", TINY, "--repeats", "2",
+                 "--warmup", "0", "--no-baselines"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("1,4,4,6x6,3")]
+    assert len(rows) == 2 and all(r.split()[1] == "numpy" for r in rows)   # forward, backward
+    for step in ("API", "im2col", "GEMM", "col2im", "coord grads", "driver"):
+        assert step in out
