@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 import refdcn
+from refdcn import driver
 from refdcn.backends import numba_cpu as nb
 from refdcn.benchmarks.cpu import OnnxRuntime, limit_threads, make_inputs
 from refdcn.geometry import check_arguments
@@ -34,9 +35,9 @@ MIN = True   # the machine is shared: the minimum is the least disturbed estimat
 
 
 def _tile_body(image, offset, mask, geo, b, p0, p1, tile):
-    width, C = geo[9], geo[11]
-    Wp = width + 3
-    K = geo[0] * geo[1]
+    C = geo.in_channels
+    Wp = geo.width + 3
+    K = geo.kh * geo.kw
     for p in range(p0, p1):
         row = tile[p - p0]
         for k in range(K):
@@ -111,8 +112,8 @@ def tiled_forward(pool, c, geom, T, buffers, blas_one):
     padded = nb.channels_last(c.input)
     off = c.offset.reshape(geom.batch, -1, geom.out_pixels)
     msk = c.mask.reshape(geom.batch, -1, geom.out_pixels)
-    wt = nb.weight_matrix(c.weight, geom)[0]
-    geo = nb._geo(geom)
+    wt = driver.weight_matrix(nb.KERNELS, c.weight, geom)[0]
+    geo = geom.kernel_record()
     P = geom.out_pixels
     out = np.empty((geom.batch, geom.out_channels, P), np.float32)
     per = -(-P // T)
@@ -134,8 +135,8 @@ def blocked_forward(c, geom, T, buf):
     padded = nb.channels_last(c.input)
     off = c.offset.reshape(geom.batch, -1, geom.out_pixels)
     msk = c.mask.reshape(geom.batch, -1, geom.out_pixels)
-    wt = nb.weight_matrix(c.weight, geom)[0]
-    geo = nb._geo(geom)
+    wt = driver.weight_matrix(nb.KERNELS, c.weight, geom)[0]
+    geo = geom.kernel_record()
     P = geom.out_pixels
     out = np.empty((geom.batch, geom.out_channels, P), np.float32)
     for b in range(geom.batch):
