@@ -107,16 +107,26 @@ def set_num_threads(threads):
 
 
 class _Job:
-    """The tasks ``0 .. n-1`` of one call, handed out one at a time."""
+    """The tasks ``0 .. n-1`` of one call, handed out one at a time, to at most
+    ``helpers`` workers besides the caller."""
 
-    def __init__(self, n, task):
+    def __init__(self, n, task, helpers=0):
         self.n = n
         self.task = task
+        self.helpers = helpers
         self.take = itertools.count().__next__      # atomic under the GIL
         self.lock = threading.Lock()
         self.finished = 0
         self.done = threading.Event()
         self.error = None
+
+    def join(self):
+        """A worker joins if the job still wants a helper."""
+        with self.lock:
+            if self.helpers <= 0:
+                return
+            self.helpers -= 1
+        self.work()
 
     def work(self):
         while True:
@@ -153,13 +163,13 @@ class _Pool:
                     self.cv.wait()
                 seen = self.generation
                 job = self.job
-            job.work()
+            job.join()
 
-    def run(self, job, helpers):
+    def run(self, job):
         with self.cv:
             self.job = job
             self.generation += 1
-            self.cv.notify(helpers)
+            self.cv.notify(job.helpers)
         job.work()
         job.done.wait()
 
@@ -207,13 +217,13 @@ def run(n, task, threads=None):
         Default :func:`num_threads`; 1 runs every task in the calling thread.
     """
     threads = num_threads() if threads is None else threads
-    job = _Job(n, task)
     if n <= 0:
         return
-    if threads <= 1 or n == 1:
+    job = _Job(n, task, max(0, min(threads - 1, n - 1)))
+    if job.helpers == 0:
         job.work()
     else:
-        _get_pool(threads - 1).run(job, min(threads - 1, n - 1))
+        _get_pool(job.helpers).run(job)
     if job.error is not None:
         raise job.error
 

@@ -101,3 +101,18 @@ def test_single_threaded_blas_nests_and_restores():
         assert [lib.get_num_threads() for lib in libraries] == before
         with parallel.single_threaded_blas(active=False):
             assert [lib.get_num_threads() for lib in libraries] == before
+
+
+def test_never_more_threads_than_asked():
+    """A pool started for more threads (an earlier call) lends only ``threads - 1`` helpers."""
+    parallel.run(8, lambda i: None, threads=4)            # a pool with 3 workers exists
+    lock = threading.Lock()
+    for _ in range(5):
+        seen = set()
+
+        def task(i):
+            with lock:
+                seen.add(threading.get_ident())
+            threading.Event().wait(0.01)                   # leave time for idle workers
+        parallel.run(12, task, threads=2)
+        assert len(seen) <= 2
