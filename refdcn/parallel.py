@@ -163,7 +163,9 @@ class _Pool:
                     self.cv.wait()
                 seen = self.generation
                 job = self.job
-            job.join()
+            if job is not None:
+                job.join()
+            job = None      # hold no finished job: its task's arrays must be freed
 
     def run(self, job):
         with self.cv:
@@ -172,6 +174,9 @@ class _Pool:
             self.cv.notify(job.helpers)
         job.work()
         job.done.wait()
+        with self.cv:
+            if self.job is job:
+                self.job = None
 
 
 _pool = None
@@ -224,6 +229,7 @@ def run(n, task, threads=None):
         job.work()
     else:
         _get_pool(job.helpers).run(job)
+    job.task = None          # a late worker may still hold the job: not its arrays
     if job.error is not None:
         raise job.error
 

@@ -116,3 +116,22 @@ def test_never_more_threads_than_asked():
             threading.Event().wait(0.01)                   # leave time for idle workers
         parallel.run(12, task, threads=2)
         assert len(seen) <= 2
+
+
+def test_finished_jobs_free_what_their_tasks_hold():
+    """No worker (busy or idle) keeps a finished call's task, and so its arrays, alive."""
+    import gc
+    import weakref
+    parallel.run(8, lambda i: None, threads=5)            # idle workers from an earlier call
+
+    class Buffer:
+        pass
+    buffer = Buffer()
+    ref = weakref.ref(buffer)
+
+    def task(i, buffer=buffer):
+        threading.Event().wait(0.001)
+    parallel.run(6, task, threads=2)
+    del buffer, task
+    gc.collect()
+    assert ref() is None
