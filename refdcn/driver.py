@@ -111,6 +111,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import parallel
+
 __all__ = ["KernelSet", "column_memory", "set_column_memory", "parse_bytes", "plan", "Tile",
            "DEFAULT_COLUMN_MEMORY", "TILE_COLUMN_BYTES", "LAYOUTS"]
 
@@ -420,6 +422,25 @@ def forward(ks, input, offset, mask, weight, bias, geom, dtype):
     shape4 = (geom.batch, geom.out_channels, geom.out_h, geom.out_w)
     if geom.batch == 0:
         return out.reshape(shape4)
+    with parallel.single_threaded_blas(_small_products(ks, geom)):
+        _forward_tiles(ks, out, input, offset, mask, weight, geom, dtype)
+    if bias is not None:
+        ks.add_bias(out, bias)
+    return out.reshape(shape4)
+
+
+def _small_products(ks, geom):
+    """Whether the host BLAS should run this call's products on one thread.
+
+    Decided from one image's product (never from the batch, so the results
+    do not depend on how the batch is split into tiles):
+    :data:`refdcn.parallel.SMALL_GEMM_FLOPS`.
+    """
+    flops = 2 * geom.out_per_group * geom.in_per_group * geom.taps * geom.out_pixels
+    return ks.matmul is numpy_matmul and flops < parallel.SMALL_GEMM_FLOPS
+
+
+def _forward_tiles(ks, out, input, offset, mask, weight, geom, dtype):
     call = _Call(ks, geom, dtype)
     wmat = weight_matrix(ks, weight, geom)
     G, O, W_out = geom.groups, geom.out_per_group, geom.out_w
@@ -442,9 +463,6 @@ def forward(ks, input, offset, mask, weight, bias, geom, dtype):
                       trans_b=trans_b)
             if not whole:
                 ks.assign(out[t.start + b, :, t.row0 * W_out:t.row1 * W_out], dst)
-    if bias is not None:
-        ks.add_bias(out, bias)
-    return out.reshape(shape4)
 
 
 def backward(ks, grad_output, input, offset, mask, weight, bias, geom, dtype, convention):
@@ -463,6 +481,15 @@ def backward(ks, grad_output, input, offset, mask, weight, bias, geom, dtype, co
     if geom.batch == 0:
         return (grad_input, grad_offset, grad_mask,
                 _weight_from_matrix(ks, grad_wmat, weight.shape, geom), grad_bias)
+    with parallel.single_threaded_blas(_small_products(ks, geom)):
+        _backward_tiles(ks, grad_output, input, offset, mask, geom, dtype, convention, wmat,
+                        grad_wmat, grad_input, grad_offset, grad_mask)
+    return (grad_input, grad_offset, grad_mask,
+            _weight_from_matrix(ks, grad_wmat, weight.shape, geom), grad_bias)
+
+
+def _backward_tiles(ks, grad_output, input, offset, mask, geom, dtype, convention, wmat,
+                    grad_wmat, grad_input, grad_offset, grad_mask):
     call = _Call(ks, geom, dtype)
     G, O = geom.groups, geom.out_per_group
     channels_last = ks.layout == "channels_last"
@@ -504,5 +531,3 @@ def backward(ks, grad_output, input, offset, mask, weight, bias, geom, dtype, co
             ks.assign(grad_offset[t.start:t.stop, :, t.row0:t.row1], g_off)
             if g_m is not None:
                 ks.assign(grad_mask[t.start:t.stop, :, t.row0:t.row1], g_m)
-    return (grad_input, grad_offset, grad_mask,
-            _weight_from_matrix(ks, grad_wmat, weight.shape, geom), grad_bias)

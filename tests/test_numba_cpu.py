@@ -70,21 +70,18 @@ def test_col2im_channel_blocks_do_not_change_the_result(mode):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_deterministic_across_runs_and_thread_counts(dtype, monkeypatch):
-    import numba
+    from refdcn import parallel
     monkeypatch.setattr(numba_cpu, "SERIAL_WORK", 0)
     case = make_case(seed=7, batch=3, in_channels=32, out_channels=8, height=9, width=8,
                      kernel=3, groups=2, offset_groups=2).astype(dtype)
     first = run(case)
     assert_bitwise_equal(first, run(case))
-    threads = numba.get_num_threads()
-    if threads < 2:
-        pytest.skip("one thread: nothing to compare against")
-    numba.set_num_threads(1)
     try:
-        single = run(case)
+        for threads in (1, 3):
+            parallel.set_num_threads(threads)
+            assert_bitwise_equal(first, run(case))
     finally:
-        numba.set_num_threads(threads)
-    assert_bitwise_equal(first, single)
+        parallel.set_num_threads(None)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -97,7 +94,7 @@ def test_serial_and_parallel_kernels_agree_bitwise(dtype, monkeypatch):
 
 
 def test_concurrent_calls_from_python_threads(monkeypatch):
-    """Parallel kernels launched from several threads at once (the workqueue layer would abort)."""
+    """Parallel kernels launched from several Python threads at once."""
     import threading
     monkeypatch.setattr(numba_cpu, "SERIAL_WORK", 0)
     case = make_case(seed=6, batch=2, **MIXED)
@@ -124,3 +121,42 @@ def test_shared_math_is_compiled_from_bilinear():
     from refdcn import bilinear
     for name in numba_cpu._SHARED:
         assert getattr(numba_cpu, name).py_func.__code__ is getattr(bilinear, name).__code__
+
+
+ORDER_SCRIPT = """
+import sys, threading
+import numpy as np
+if sys.argv[1] == "numba-first":
+    import numba
+    numba.set_num_threads(1)                      # starts Numba's threading layer first
+import refdcn
+from refdcn.backends import numba_cpu
+from refdcn.testing import make_case
+numba_cpu.SERIAL_WORK = 0
+refdcn.parallel.set_num_threads(2)
+case = make_case(seed=3, batch=2, in_channels=8, out_channels=4, height=9, width=7, kernel=3)
+out = refdcn.deform_conv2d(*case.args(), backend="numba")
+g = refdcn.deform_conv2d_backward(case.grad_output, *case.args(), backend="numba")
+from numba.np.ufunc import parallel as layer
+workers = sum(t.name == "refdcn-worker" for t in threading.enumerate())
+print(sys.argv[1] == "numba-first" or not layer._is_initialized, workers)
+np.save(sys.argv[2], np.concatenate([out.ravel(), g.input.ravel(), g.offset.ravel()]))
+"""
+
+
+def test_independent_of_numbas_threading_layer_and_call_order(tmp_path):
+    """Issue 12 item 9: the kernels never start a Numba threading layer, and
+    ``numba.set_num_threads()`` called first changes neither threads nor results."""
+    import subprocess
+    import sys
+    outputs = []
+    for order in ("refdcn-first", "numba-first"):
+        path = tmp_path / f"{order}.npy"
+        done = subprocess.run([sys.executable, "-c", ORDER_SCRIPT, order, str(path)],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        untouched, workers = done.stdout.split()
+        assert untouched == "True"          # refdcn alone never started Numba's layer
+        assert int(workers) >= 1            # its kernels ran on refdcn's own threads
+        outputs.append(np.load(path))
+    assert np.array_equal(outputs[0], outputs[1])

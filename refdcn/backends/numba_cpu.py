@@ -50,11 +50,19 @@ there is discarded.  This is exactly :func:`refdcn.bilinear.pixel`'s rule
 
 Parallel, race-free, deterministic
 ----------------------------------
-* ``im2col`` and ``coordinate_gradients``: ``prange`` over (image, chunk of
+Every kernel is a serial Numba function (``nogil=True``) over a range of
+*tasks*; :class:`_Kernel` hands the ranges to refdcn's own worker threads
+(:mod:`refdcn.parallel`: sleeping when idle, dynamic scheduling, fork-safe).
+Numba's threading layers are never started, so nothing another library or
+the user does with Numba's threads (``numba.set_num_threads()`` first, a
+layer already chosen) changes this backend's speed, and only serial code is
+compiled (half the compile time of a ``parallel=True`` build).
+
+* ``im2col`` and ``coordinate_gradients``: tasks are (image, chunk of
   output pixels); every output element is written by one task.  The channel
   sums of the coordinate gradients are formed in float64 in a fixed order
   (eight interleaved partial sums, :func:`_fixed_order_sum`).
-* ``col2im``: ``prange`` over (image, block of input channels).  The input
+* ``col2im``: tasks are (image, block of input channels).  The input
   gradient of channel ``c`` only receives from the column entries of channel
   ``c``, so each task owns its channels: it scatters into its own float64
   padded channels-last plane in a fixed (pixel, tap) order and writes its
@@ -64,8 +72,8 @@ Every element is computed by the same operations in the same order whatever
 the number of threads, the chunking, the channel blocks or the block of images
 (``fastmath=False``: no reassociation, no FMA contraction), so the results are
 bitwise reproducible and the same for every block size and thread count.
-Problems below :data:`SERIAL_WORK` run serial copies of the same kernels in
-the calling thread (waking workers would cost more), with the same results.
+Problems below :data:`SERIAL_WORK` run all their tasks in the calling thread
+(waking workers would cost more), with the same results.
 
 Precision: sampling coordinates and fractional parts in float64 (as the
 reference); bilinear products and channel sums in float64; the columns, the
@@ -77,9 +85,8 @@ Memory per block of B images, besides the column buffers that
 and, in the backward, col2im's float64 planes (about twice the float32
 input's size).
 
-Threads: ``numba.set_num_threads`` / ``NUMBA_NUM_THREADS`` for the kernels,
-NumPy's BLAS threads for the products; see :data:`PREFERRED_THREADING_LAYER`
-for why this backend selects Numba's ``workqueue`` threading layer.
+Threads: :func:`refdcn.parallel.set_num_threads` for the kernels (default:
+the CPUs this process may use), NumPy's BLAS threads for the products.
 
 Compilation is cached on disk, keyed on the SHA-256 of every source file the
 kernels depend on (:mod:`refdcn.backends._numba_cache`): editing
@@ -88,25 +95,21 @@ machine code compiled from the old source in use.  Without a writable cache
 directory the kernels are compiled at every start (one warning).
 """
 
-import os
-import threading
-import types
-
 import numpy as np
 
 try:
     import numba
-    from numba import njit, prange
+    from numba import njit
 except ImportError as exc:   # pragma: no cover - depends on the environment
     raise ImportError(f"numba is not installed ({exc})") from exc
 
-from .. import bilinear, driver
+from .. import bilinear, driver, parallel
 from . import Capabilities, _numba_cache
 from ._shared_math import compile_bilinear
 
 NAME = "numba"
-DESCRIPTION = (f"Numba {numba.__version__}: parallel channels-last im2col/col2im "
-               f"(prange, cached) + one matrix product per group")
+DESCRIPTION = (f"Numba {numba.__version__}: channels-last im2col/col2im on refdcn's "
+               f"threads (cached) + one matrix product per group")
 DEVICE = "cpu"
 CAPABILITIES = Capabilities(device="cpu", compute_dtype="input", blocked=True, threads=True)
 
@@ -128,83 +131,38 @@ corner_weights = _shared["corner_weights"]
 interpolate = _shared["interpolate"]
 interpolate_gradient = _shared["interpolate_gradient"]
 
-#: The Numba threading layer this backend selects, unless the user chose one
-#: (``NUMBA_THREADING_LAYER``) or parallel Numba code already ran in this process.
-#: Numba's default is OpenMP when it is installed; GNU OpenMP's idle threads
-#: keep spinning after a parallel loop, and so do OpenBLAS's after a matrix
-#: product, so on a machine with few cores each pool steals the other's
-#: cores: measured on 2 cores (``refdcn bench``), this backend was 2-7x slower
-#: with OpenMP on the large shapes and 50x on the smallest.  Setting
-#: ``OMP_WAIT_POLICY=PASSIVE`` fixes that only if it precedes the loading of
-#: the OpenMP runtime (not when torch was imported first).  The ``workqueue``
-#: layer's threads sleep when idle.  It must not be entered by two threads at
-#: once (Numba then stops the process), so this backend launches its parallel
-#: kernels under a lock; other Numba ``parallel=True`` code that runs in
-#: another thread at the same time is not covered: choose ``tbb`` or ``omp``
-#: with ``NUMBA_THREADING_LAYER`` for such programs.
-PREFERRED_THREADING_LAYER = "workqueue"
-
-
-def _prefer_threading_layer():
-    from numba.np.ufunc import parallel
-    if os.environ.get("NUMBA_THREADING_LAYER") or parallel._is_initialized:
-        return
-    if numba.config.THREADING_LAYER == "default":
-        numba.config.THREADING_LAYER = PREFERRED_THREADING_LAYER
-
-
-_prefer_threading_layer()
-
-#: Kernels with less work than this (column elements) run serially in the calling
-#: thread: below it, waking the worker threads costs more than they save.
+#: Kernels with less work than this (column elements) run in the calling thread
+#: alone: below it, waking the worker threads costs more than they save.
 SERIAL_WORK = 1 << 17
 
-
-#: Held while a parallel kernel runs (see :data:`PREFERRED_THREADING_LAYER`).
-_LAUNCH_LOCK = threading.Lock()
-
-#: True in a child made by ``fork()`` from a process whose parallel Numba code ran on
-#: the ``omp`` layer: GNU OpenMP's thread team does not survive ``fork()`` and
-#: Numba stops such a child at its first parallel launch, so the kernels run
-#: serially there (bitwise the same results).  ``workqueue`` and ``tbb`` survive
-#: fork (``tests/test_hardening.py::test_fork``).
-_SERIAL_AFTER_FORK = False
-
-
-def _after_fork_in_child():
-    global _SERIAL_AFTER_FORK
-    from numba.np.ufunc import parallel
-    if parallel._is_initialized and numba.threading_layer() == "omp":
-        _SERIAL_AFTER_FORK = True
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
+#: Ranges of tasks handed out per thread of a parallel kernel: more ranges
+#: balance the load (and let the threads that run take over from a starved
+#: one) at a cost of a few microseconds each.
+RANGES_PER_THREAD = 4
 
 class _Kernel:
-    """One kernel source compiled twice: parallel (``prange``) and serial.
+    """A serial, GIL-free kernel over a range of tasks, run on :mod:`refdcn.parallel`.
 
-    ``kernel(work, *args)`` runs the serial version when ``work`` is below
-    :data:`SERIAL_WORK` or Numba has one thread, else the parallel version,
-    one launch at a time.  Both compute every element with the same
-    operations, so they give bitwise identical results.  The serial copy gets
-    its own name so that the two do not share a cache entry.
+    The kernel's last two arguments are the task range ``[first, last)``;
+    ``kernel(work, tasks, *args)`` runs tasks ``0 .. tasks-1`` in the calling
+    thread when ``work`` (column elements) is below :data:`SERIAL_WORK`,
+    else in ranges on refdcn's worker threads.  Every task writes its own
+    outputs, so the results do not depend on the ranges or the threads.
+    Numba's threading layers (and ``numba.set_num_threads``) are not used.
     """
 
     def __init__(self, function):
-        options = dict(fastmath=False, nogil=True)
-        self.parallel = _numba_cache.enable(njit(parallel=True, **options)(function))
-        serial = types.FunctionType(function.__code__, function.__globals__, function.__name__,
-                                    function.__defaults__, function.__closure__)
-        serial.__qualname__ = function.__qualname__ + "_serial"
-        self.serial = _numba_cache.enable(njit(**options)(serial))
+        self.serial = _numba_cache.enable(njit(fastmath=False, nogil=True)(function))
         self.__doc__ = function.__doc__
 
-    def __call__(self, work, *args):
-        if work < SERIAL_WORK or _SERIAL_AFTER_FORK or numba.get_num_threads() == 1:
-            return self.serial(*args)
-        with _LAUNCH_LOCK:
-            return self.parallel(*args)
+    def __call__(self, work, tasks, *args):
+        threads = parallel.num_threads()
+        if work < SERIAL_WORK or threads == 1 or tasks < 2:
+            return self.serial(*args, 0, tasks)
+        size = -(-tasks // (threads * RANGES_PER_THREAD))
+        kernel = self.serial
+        parallel.run(-(-tasks // size),
+                     lambda r: kernel(*args, r * size, min(tasks, (r + 1) * size)), threads)
 
 
 # --------------------------------------------------------------------------- compiled kernels
@@ -272,7 +230,7 @@ def _segment(c, end, k, in_per_group):
 
 
 @_Kernel
-def _channels_last(input, padded):
+def _channels_last(input, padded, first, last):
     """``padded[b, (y+2)*(W+3) + x+2, c] = input[b, c, y, x]``, zero border.
 
     input : (B, C, H, W); padded : (B, (H+3)*(W+3), C_stride), out
@@ -281,7 +239,7 @@ def _channels_last(input, padded):
     B, C, H, W = input.shape
     Wp = W + 3
     Hp = padded.shape[1] // Wp
-    for t in prange(B * Hp):
+    for t in range(first, last):
         b = t // Hp
         yy = t - b * Hp
         row = padded[b, yy * Wp:(yy + 1) * Wp]
@@ -298,7 +256,7 @@ def _channels_last(input, padded):
 
 
 @_Kernel
-def _im2col(padded, offset, mask, geo, columns, chunk):
+def _im2col(padded, offset, mask, geo, columns, chunk, first, last):
     """``columns[b, g, p, k*Cg + cl] = m * interpolate(corners of channel g*Cg + cl)``.
 
     padded : (B, (H+3)*(W+3), C_stride); offset : (B, 2*D*K, P);
@@ -309,7 +267,7 @@ def _im2col(padded, offset, mask, geo, columns, chunk):
     K, D = geo.taps, geo.offset_groups
     in_per_group, in_per_offset_group = geo.in_per_group, geo.in_per_offset_group
     chunks = (P + chunk - 1) // chunk
-    for t in prange(B * chunks):
+    for t in range(first, last):
         b = t // chunks
         p0 = (t - b * chunks) * chunk
         image = padded[b]
@@ -338,7 +296,7 @@ def _im2col(padded, offset, mask, geo, columns, chunk):
 
 
 @_Kernel
-def _col2im(grad_columns, offset, mask, geo, grad_input, block, scratch):
+def _col2im(grad_columns, offset, mask, geo, grad_input, block, scratch, first, last):
     """Scatter ``m * grad_columns * w_ab`` to the corners; one task per (image, channel block).
 
     grad_columns : (B, G, P, K*Cg); offset : (B, 2*D*K, P); mask : (B, D*K, P)
@@ -352,7 +310,7 @@ def _col2im(grad_columns, offset, mask, geo, grad_input, block, scratch):
     K, D = geo.taps, geo.offset_groups
     in_per_group, in_per_offset_group = geo.in_per_group, geo.in_per_offset_group
     blocks = (C + block - 1) // block
-    for t in prange(B * blocks):
+    for t in range(first, last):
         b = t // blocks
         c0 = (t - b * blocks) * block
         c1 = min(C, c0 + block)
@@ -393,7 +351,7 @@ def _col2im(grad_columns, offset, mask, geo, grad_input, block, scratch):
 
 @_Kernel
 def _coordinate_gradients(grad_columns, padded, offset, mask, geo, closed, grad_offset,
-                          grad_mask, chunk):
+                          grad_mask, chunk, first, last):
     """Channel sums of ``grad_columns * dS/dy``, ``* dS/dx`` and ``* S`` of every sample.
 
     grad_columns : (B, G, P, K*Cg); padded : (B, (H+3)*(W+3), C_stride);
@@ -406,7 +364,7 @@ def _coordinate_gradients(grad_columns, padded, offset, mask, geo, closed, grad_
     K, D = geo.taps, geo.offset_groups
     in_per_group, in_per_offset_group = geo.in_per_group, geo.in_per_offset_group
     chunks = (P + chunk - 1) // chunk
-    for t in prange(B * chunks):
+    for t in range(first, last):
         b = t // chunks
         p0 = (t - b * chunks) * chunk
         image = padded[b]
@@ -485,7 +443,7 @@ def channels_last(input):
     padded = np.empty((B, (H + PAD_BEFORE + PAD_AFTER) * (W + PAD_BEFORE + PAD_AFTER),
                        row_stride(C, input.itemsize)), input.dtype)
     if padded.size:
-        _channels_last(input.size, input, padded)
+        _channels_last(input.size, B * (padded.shape[1] // (W + PAD)), input, padded)
     return padded
 
 
@@ -504,13 +462,15 @@ def im2col(input, offset, mask, geom, columns, padded=None):
         ``channels_last(input)``, if the caller already has it.
     """
     if columns.size:
-        _im2col(columns.size, channels_last(input) if padded is None else padded,
+        chunks = -(-geom.out_pixels // CHUNK)
+        _im2col(columns.size, columns.shape[0] * chunks,
+                channels_last(input) if padded is None else padded,
                 _flat(offset, geom), _flat(mask, geom), geom.kernel_record(), columns, CHUNK)
 
 
 def channel_block(batch, channels):
     """Channels per ``col2im`` task: one task per thread and image at least, >= 16 wide."""
-    per_image = max(1, -(-numba.get_num_threads() // max(batch, 1)))
+    per_image = max(1, -(-parallel.num_threads() // max(batch, 1)))
     return max(16, -(-channels // per_image))
 
 
@@ -528,8 +488,8 @@ def col2im(grad_columns, offset, mask, geom, grad_input, padded=None, block=None
     block = block or channel_block(B, C)
     scratch = np.empty((B * -(-C // block), (geom.height + PAD) * (geom.width + PAD),
                         row_stride(block, 8)))
-    _col2im(grad_columns.size, grad_columns, _flat(offset, geom), _flat(mask, geom),
-            geom.kernel_record(), grad_input, block, scratch)
+    _col2im(grad_columns.size, B * -(-C // block), grad_columns, _flat(offset, geom),
+            _flat(mask, geom), geom.kernel_record(), grad_input, block, scratch)
 
 
 def coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
@@ -543,8 +503,10 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
         return
     if padded is None:
         padded = channels_last(input)
-    _coordinate_gradients(grad_columns.size, grad_columns, padded, _flat(offset, geom),
-                          _flat(mask, geom), geom.kernel_record(), convention == bilinear.BORDER_TORCHVISION,
+    tasks = grad_columns.shape[0] * -(-geom.out_pixels // CHUNK)
+    _coordinate_gradients(grad_columns.size, tasks, grad_columns, padded, _flat(offset, geom),
+                          _flat(mask, geom), geom.kernel_record(),
+                          convention == bilinear.BORDER_TORCHVISION,
                           _flat(grad_offset, geom), _flat(grad_mask, geom), CHUNK)
 
 
