@@ -166,14 +166,8 @@ def gemm_alone_rate(calls, repeats, warmup):
         for a, b, out, kw, count in operands:
             for _ in range(count):
                 numpy_matmul(a, b, out, **kw)
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return flops / statistics.median(times) / 1e9
+    from .cpu import median_times
+    return flops / median_times([run], repeats, warmup, settle=0)[0] / 1e9
 
 
 def profile_backend(name, case, repeats, warmup):

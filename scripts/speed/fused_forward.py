@@ -3,8 +3,8 @@
 Not part of the package.  Compares, in one process and on the README's shapes:
 
 * ``current``: ``backend="numba"`` through the public API;
-* ``tiles``:   a pool of Python threads (the caller included) takes tiles of
-  ``T`` output pixels of one image from a shared counter (dynamic schedule);
+* ``tiles``:   refdcn's threads (:mod:`refdcn.parallel`, the caller included) take
+  tiles of ``T`` output pixels of one image from a shared counter (dynamic schedule);
   each tile is sampled by a serial ``nogil`` Numba kernel into a per-thread
   buffer of (T, K*C) and multiplied at once (``W @ tile.T`` into the output);
   BLAS runs single-threaded inside the tasks (threadpoolctl);
@@ -15,7 +15,6 @@ Not part of the package.  Compares, in one process and on the README's shapes:
 Usage: PYTHONPATH=. python scripts/speed/fused_forward.py [T]
 """
 
-import itertools
 import statistics
 import sys
 import threading
@@ -65,57 +64,34 @@ def sample_tile_parallel(image, offset, mask, geo, b, p0, p1, tile):
 
 
 class Pool:
-    """``threads - 1`` sleeping workers; ``run(n, task)`` runs task(0..n-1), caller included."""
+    """``run(n, task, buffers)``: task(i, buffer) on refdcn's threads, one buffer per thread."""
 
     def __init__(self, threads):
         self.threads = threads
-        self.cv = threading.Condition()
-        self.job = None
-        self.generation = 0
-        self.done = threading.Semaphore(0)
-        for _ in range(threads - 1):
-            threading.Thread(target=self._worker, daemon=True).start()
+        self.local = threading.local()
 
-    def _work(self, job):
-        counter, n, task, slot = job
-        while True:
-            i = next(counter)
-            if i >= n:
-                return
-            task(i, slot)
+    def run(self, n, task, buffers):
+        from refdcn import parallel
+        free = list(buffers)
 
-    def _worker(self):
-        seen = 0
-        slot = None
-        while True:
-            with self.cv:
-                while self.generation == seen:
-                    self.cv.wait()
-                seen = self.generation
-                job = self.job
-            counter, n, task, slots = job
-            self._work((counter, n, task, slots.pop()))
-            self.done.release()
+        def with_buffer(i):
+            if not hasattr(self.local, "buffer"):
+                self.local.buffer = free.pop()
+            task(i, self.local.buffer)
+        parallel.run(n, with_buffer, self.threads)
 
-    def run(self, n, task, slots):
-        counter = itertools.count()
-        with self.cv:
-            self.job = (counter, n, task, list(slots[1:]))
-            self.generation += 1
-            self.cv.notify_all()
-        self._work((counter, n, task, slots[0]))
-        for _ in range(self.threads - 1):
-            self.done.acquire()
+
+def _operands(c, geom):
+    """padded input, flat offset and mask, weight matrix, geometry record, output."""
+    return (nb.channels_last(c.input), c.offset.reshape(geom.batch, -1, geom.out_pixels),
+            c.mask.reshape(geom.batch, -1, geom.out_pixels),
+            driver.weight_matrix(nb.KERNELS, c.weight, geom)[0], geom.kernel_record(),
+            np.empty((geom.batch, geom.out_channels, geom.out_pixels), np.float32))
 
 
 def tiled_forward(pool, c, geom, T, buffers, blas_one):
-    padded = nb.channels_last(c.input)
-    off = c.offset.reshape(geom.batch, -1, geom.out_pixels)
-    msk = c.mask.reshape(geom.batch, -1, geom.out_pixels)
-    wt = driver.weight_matrix(nb.KERNELS, c.weight, geom)[0]
-    geo = geom.kernel_record()
+    padded, off, msk, wt, geo, out = _operands(c, geom)
     P = geom.out_pixels
-    out = np.empty((geom.batch, geom.out_channels, P), np.float32)
     per = -(-P // T)
 
     def task(i, tile):
@@ -132,13 +108,8 @@ def tiled_forward(pool, c, geom, T, buffers, blas_one):
 
 
 def blocked_forward(c, geom, T, buf):
-    padded = nb.channels_last(c.input)
-    off = c.offset.reshape(geom.batch, -1, geom.out_pixels)
-    msk = c.mask.reshape(geom.batch, -1, geom.out_pixels)
-    wt = driver.weight_matrix(nb.KERNELS, c.weight, geom)[0]
-    geo = geom.kernel_record()
+    padded, off, msk, wt, geo, out = _operands(c, geom)
     P = geom.out_pixels
-    out = np.empty((geom.batch, geom.out_channels, P), np.float32)
     for b in range(geom.batch):
         for p0 in range(0, P, T):
             p1 = min(P, p0 + T)
