@@ -68,16 +68,16 @@ class Pool:
 
     def __init__(self, threads):
         self.threads = threads
-        self.local = threading.local()
 
     def run(self, n, task, buffers):
         from refdcn import parallel
         free = list(buffers)
+        local = threading.local()          # this call's buffers, one per thread
 
         def with_buffer(i):
-            if not hasattr(self.local, "buffer"):
-                self.local.buffer = free.pop()
-            task(i, self.local.buffer)
+            if not hasattr(local, "buffer"):
+                local.buffer = free.pop()
+            task(i, local.buffer)
         parallel.run(n, with_buffer, self.threads)
 
 
