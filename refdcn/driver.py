@@ -104,6 +104,7 @@ Optional declarations and hooks (defaults: NumPy host arrays):
 
 from collections import namedtuple
 from dataclasses import dataclass
+import inspect
 import numbers
 import os
 import re
@@ -270,15 +271,37 @@ def _largest(fits, high):
 
 # --------------------------------------------------------------------------- NumPy hooks
 
+#: Output columns per task of :func:`numpy_matmul` (fixed: the split never depends on
+#: the threads or the tiles, so neither do the results).  Each slice packs the
+#: weight again, so slices stay wide.
+GEMM_COLUMNS = 1024
+
+
 def numpy_matmul(a, b, out, trans_a=False, trans_b=False, accumulate=False):
-    """``out[z] = op(a[z]) @ op(b[z])`` (``+=`` with ``accumulate``), one BLAS call per z."""
-    for z in range(out.shape[0]):
+    """``out[z] = op(a[z]) @ op(b[z])`` (``+=`` with ``accumulate``) with NumPy's BLAS.
+
+    Each product is split into slices of :data:`GEMM_COLUMNS` output columns,
+    multiplied on :mod:`refdcn.parallel`'s threads (each slice one BLAS call;
+    the driver runs the BLAS single-threaded, :func:`refdcn.parallel.single_threaded_blas`),
+    so the products share the dynamic schedule of the kernels: a starved
+    thread's slices are taken over instead of waited for.  Products of fewer
+    than :data:`refdcn.parallel.SMALL_GEMM_FLOPS` run in the calling thread.
+    """
+    Z, M, N = out.shape
+    inner = a.shape[-2] if trans_a else a.shape[-1]
+    slices = -(-N // GEMM_COLUMNS)
+
+    def product(t):
+        z, j = divmod(t, slices)
         az = a[z].T if trans_a else a[z]
-        bz = b[z].T if trans_b else b[z]
+        bz = (b[z].T if trans_b else b[z])[:, j * GEMM_COLUMNS:(j + 1) * GEMM_COLUMNS]
+        dst = out[z, :, j * GEMM_COLUMNS:(j + 1) * GEMM_COLUMNS]
         if accumulate:
-            out[z] += az @ bz
+            dst += az @ bz
         else:
-            np.matmul(az, bz, out=out[z])
+            np.matmul(az, bz, out=dst)
+    threads = 1 if 2 * M * N * inner < parallel.SMALL_GEMM_FLOPS else None
+    parallel.run(Z * slices, product, threads)
 
 
 def _assign(dst, src):
@@ -422,22 +445,20 @@ def forward(ks, input, offset, mask, weight, bias, geom, dtype):
     shape4 = (geom.batch, geom.out_channels, geom.out_h, geom.out_w)
     if geom.batch == 0:
         return out.reshape(shape4)
-    with parallel.single_threaded_blas(_small_products(ks, geom)):
+    with parallel.single_threaded_blas(_host_blas(ks)):
         _forward_tiles(ks, out, input, offset, mask, weight, geom, dtype)
     if bias is not None:
         ks.add_bias(out, bias)
     return out.reshape(shape4)
 
 
-def _small_products(ks, geom):
-    """Whether the host BLAS should run this call's products on one thread.
+def _host_blas(ks):
+    """Whether this kernel set multiplies with NumPy's BLAS (:func:`numpy_matmul`).
 
-    Decided from one image's product (never from the batch, so the results
-    do not depend on how the batch is split into tiles):
-    :data:`refdcn.parallel.SMALL_GEMM_FLOPS`.
+    Its products are then split over refdcn's threads, so the BLAS itself
+    runs on one thread for the call (:func:`refdcn.parallel.single_threaded_blas`).
     """
-    flops = 2 * geom.out_per_group * geom.in_per_group * geom.taps * geom.out_pixels
-    return ks.matmul is numpy_matmul and flops < parallel.SMALL_GEMM_FLOPS
+    return inspect.unwrap(ks.matmul) is numpy_matmul
 
 
 def _forward_tiles(ks, out, input, offset, mask, weight, geom, dtype):
@@ -481,7 +502,7 @@ def backward(ks, grad_output, input, offset, mask, weight, bias, geom, dtype, co
     if geom.batch == 0:
         return (grad_input, grad_offset, grad_mask,
                 _weight_from_matrix(ks, grad_wmat, weight.shape, geom), grad_bias)
-    with parallel.single_threaded_blas(_small_products(ks, geom)):
+    with parallel.single_threaded_blas(_host_blas(ks)):
         _backward_tiles(ks, grad_output, input, offset, mask, geom, dtype, convention, wmat,
                         grad_wmat, grad_input, grad_offset, grad_mask)
     return (grad_input, grad_offset, grad_mask,

@@ -28,6 +28,7 @@ the same run for comparison.
 """
 
 from dataclasses import dataclass, field, fields, replace
+import functools
 import statistics
 import sys
 import time
@@ -75,6 +76,7 @@ def _gemm_flops(a, b, out, trans_a=False, trans_b=False, accumulate=False):
 
 
 def _timed(function, step, clock, gemm=False):
+    @functools.wraps(function)      # the driver still sees which function it is (unwrap)
     def wrapper(*args, **kwargs):
         t0 = time.perf_counter()
         result = function(*args, **kwargs)
@@ -167,7 +169,9 @@ def gemm_alone_rate(calls, repeats, warmup):
             for _ in range(count):
                 numpy_matmul(a, b, out, **kw)
     from .cpu import median_times
-    return flops / median_times([run], repeats, warmup, settle=0)[0] / 1e9
+    from .. import parallel
+    with parallel.single_threaded_blas():       # as the driver runs them
+        return flops / median_times([run], repeats, warmup, settle=0)[0] / 1e9
 
 
 def profile_backend(name, case, repeats, warmup):
