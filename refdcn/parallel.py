@@ -33,10 +33,10 @@ depend on the schedule or on the number of threads.
 Threads: :func:`set_num_threads` (default: the CPUs this process may run on,
 ``os.sched_getaffinity``).
 
-The BLAS's threads are the BLAS's own: they split every product statically,
-so a product waits for its slowest thread.  For products too small to gain
-from a second thread, :func:`single_threaded_blas` runs them on one
-(:data:`SMALL_GEMM_FLOPS`).
+The BLAS's own threads split every product statically, so a product waits
+for its slowest thread: the driver therefore runs the BLAS single-threaded
+(:func:`single_threaded_blas`) and splits the products over these threads
+(:func:`refdcn.driver.numpy_matmul`, :data:`SMALL_GEMM_FLOPS`).
 """
 
 from contextlib import contextmanager
@@ -47,13 +47,12 @@ import threading
 __all__ = ["num_threads", "set_num_threads", "run", "default_threads", "single_threaded_blas",
            "SMALL_GEMM_FLOPS"]
 
-#: Matrix products of fewer floating-point operations than this run on one
-#: BLAS thread inside :func:`single_threaded_blas` (the driver's choice, made
-#: per call from the per-image product size, never from the batch).  Such a
-#: product takes well under a millisecond on one core; a second BLAS thread
-#: saves at most half of that, but costs a hand-over per product, and on a
-#: machine where another job holds a core the product waits for the starved
-#: thread (measured: a 0.07 ms product took 8 ms).
+#: Matrix products of fewer floating-point operations than this are not split
+#: over the threads (:func:`refdcn.driver.numpy_matmul`): each runs in the calling
+#: thread as one single-threaded BLAS call.  Such a product takes well under a
+#: millisecond on one core; a second thread saves at most half of that, but costs
+#: a hand-over per product, and on a machine where another job holds a core the
+#: product waits for the starved thread (measured: a 0.07 ms product took 8 ms).
 SMALL_GEMM_FLOPS = 2**25
 
 
@@ -257,8 +256,8 @@ def _blas_controllers():
 def single_threaded_blas(active=True):
     """Run the BLAS on one thread inside this block (when ``active``).
 
-    For calls whose products are all small (:data:`SMALL_GEMM_FLOPS`).
-    Nested and concurrent blocks are counted: the first sets the BLAS to one
+    The driver holds it for every call whose products it splits over
+    refdcn's threads.  Nested and concurrent blocks are counted: the first sets the BLAS to one
     thread, the last restores what it was.  The setting is process-wide
     while a block runs (as with ``threadpoolctl.threadpool_limits``), so BLAS
     calls made by other threads meanwhile run on one thread too.  Uses
