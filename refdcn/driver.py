@@ -285,7 +285,8 @@ def numpy_matmul(a, b, out, trans_a=False, trans_b=False, accumulate=False):
     the driver runs the BLAS single-threaded, :func:`refdcn.parallel.single_threaded_blas`),
     so the products share the dynamic schedule of the kernels: a starved
     thread's slices are taken over instead of waited for.  Products of fewer
-    than :data:`refdcn.parallel.SMALL_GEMM_FLOPS` run in the calling thread.
+    than :data:`refdcn.parallel.SMALL_GEMM_FLOPS`, and every product when the
+    BLAS's threads cannot be set (no threadpoolctl), run in the calling thread.
     """
     Z, M, N = out.shape
     inner = a.shape[-2] if trans_a else a.shape[-1]
@@ -300,7 +301,9 @@ def numpy_matmul(a, b, out, trans_a=False, trans_b=False, accumulate=False):
             dst += az @ bz
         else:
             np.matmul(az, bz, out=dst)
-    threads = 1 if 2 * M * N * inner < parallel.SMALL_GEMM_FLOPS else None
+    # without threadpoolctl the BLAS keeps its own threads: do not multiply them by ours
+    small = 2 * M * N * inner < parallel.SMALL_GEMM_FLOPS
+    threads = 1 if small or not parallel.blas_is_controllable() else None
     parallel.run(Z * slices, product, threads)
 
 

@@ -45,7 +45,7 @@ import os
 import threading
 
 __all__ = ["num_threads", "set_num_threads", "run", "default_threads", "single_threaded_blas",
-           "SMALL_GEMM_FLOPS"]
+           "blas_is_controllable", "SMALL_GEMM_FLOPS"]
 
 #: Matrix products of fewer floating-point operations than this are not split
 #: over the threads (:func:`refdcn.driver.numpy_matmul`): each runs in the calling
@@ -250,6 +250,11 @@ def _blas_controllers():
         except Exception:       # not installed, or an unknown BLAS: leave the BLAS alone
             _blas_libraries = []
     return _blas_libraries
+
+
+def blas_is_controllable():
+    """Whether :func:`single_threaded_blas` can set the BLAS's threads here (threadpoolctl)."""
+    return bool(_blas_controllers())
 
 
 @contextmanager

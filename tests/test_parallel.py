@@ -135,3 +135,24 @@ def test_finished_jobs_free_what_their_tasks_hold():
     del buffer, task
     gc.collect()
     assert ref() is None
+
+
+def test_products_split_over_threads_give_the_same_bits(monkeypatch):
+    """driver.numpy_matmul: sliced on refdcn's threads, or whole in the caller when the BLAS's
+    threads cannot be set (no threadpoolctl): the same bits either way."""
+    from refdcn import driver
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((2, 64, 300)).astype(np.float32)
+    b = rng.standard_normal((2, 3000, 300)).astype(np.float32)
+    split = np.zeros((2, 64, 3000), np.float32)
+    with parallel.single_threaded_blas():
+        driver.numpy_matmul(a, b, split, trans_b=True)
+    assert 2 * 64 * 3000 * 300 >= parallel.SMALL_GEMM_FLOPS            # really split
+    callers = set()
+    monkeypatch.setattr(parallel, "_blas_libraries", [])              # as without threadpoolctl
+    monkeypatch.setattr(parallel, "run", lambda n, task, threads=None: (
+        callers.add(threads), [task(i) for i in range(n)]))
+    whole = np.zeros_like(split)
+    driver.numpy_matmul(a, b, whole, trans_b=True)
+    assert callers == {1}
+    assert np.array_equal(split, whole)
