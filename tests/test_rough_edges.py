@@ -180,4 +180,5 @@ def test_bench_without_threadpoolctl_names_the_extra(monkeypatch):
     backends.available()                                       # numba's threading layer first
     monkeypatch.setitem(sys.modules, "threadpoolctl", None)
     keep, info = cpu.limit_threads(numba.get_num_threads())    # (changes no thread count)
-    assert keep is None and "pip install 'refdcn[bench]'" in info["blas"]
+    keep.restore_original_limits()                             # refdcn's own threads only
+    assert "pip install 'refdcn[bench]'" in info["blas"]
