@@ -16,11 +16,11 @@ targets); nothing is re-derived here.
 
 Parallel, race-free, deterministic:
 
-* forward: ``prange`` over (image, chunk of output pixels); each output element
+* forward: tasks (on :mod:`refdcn.parallel`) over (image, chunk of output pixels); each output element
   is written by one task, summed over the taps in order in float64;
-* offset and mask gradients: ``prange`` over (image, chunk of output pixels),
+* offset and mask gradients: tasks over (image, chunk of output pixels),
   like the forward; each element is one task's channel sum, formed in order;
-* input gradient: ``prange`` over (image, group).  A group's channels receive
+* input gradient: tasks over (image, group).  A group's channels receive
   input gradient only from that group's samples, so each task owns the
   channels ``g*D .. (g+1)*D`` of a float64 padded gradient plane: no atomics,
   and the same result for every thread count (``fastmath=False``).
@@ -32,7 +32,7 @@ rounded once to the compute dtype (float32 or float64).
 import numpy as np
 
 try:
-    from numba import njit, prange
+    from numba import njit
 except ImportError as exc:   # pragma: no cover - depends on the environment
     raise ImportError(f"numba is not installed ({exc})") from exc
 
@@ -42,7 +42,8 @@ from .numba_cpu import _fixed_order_sum
 from ._shared_math import compile_bilinear
 
 NAME = "numba"
-DESCRIPTION = "Numba: parallel channels-last DCNv3/DCNv4 kernels (prange over pixels / groups)"
+DESCRIPTION = ("Numba: channels-last DCNv3/DCNv4 kernels on refdcn's threads (tasks over "
+               "pixels / groups)")
 CAPABILITIES = Capabilities(device="cpu", compute_dtype="input", blocked=False, threads=True)
 
 #: Output pixels per forward task.
@@ -77,7 +78,7 @@ def _locate_tap(offset, n, p, g, t, rows, cols, geo, scale, closed):
 
 
 @numba_cpu._Kernel
-def _forward(padded, offset, mask, geo, rows, cols, scale, out, chunk):
+def _forward(padded, offset, mask, geo, rows, cols, scale, out, chunk, first, last):
     """out[n, p, g*D + d] = sum_t m * S.
 
     padded : (N, (H+3)*(W+3), C); offset : (N, P, G, K, 2); mask : (N, P, G, K);
@@ -88,7 +89,7 @@ def _forward(padded, offset, mask, geo, rows, cols, scale, out, chunk):
     K = rows.shape[0]
     Wp = geo[1] + 3
     chunks = (P + chunk - 1) // chunk
-    for task in prange(N * chunks):
+    for task in range(first, last):
         n = task // chunks
         p0 = (task - n * chunks) * chunk
         image = padded[n]
@@ -130,7 +131,7 @@ def _channel_terms(image, q, Wp, c0, D, go, ly, lx, terms):
 
 @numba_cpu._Kernel
 def _coordinate_gradients(padded, offset, mask, grad_out, geo, rows, cols, scale, closed,
-                          grad_offset, grad_mask, chunk):
+                          grad_offset, grad_mask, chunk, first, last):
     """Offset and mask gradients: channel sums per (image, pixel, group, tap).
 
     One task per (image, chunk of output pixels), all groups of a pixel together
@@ -142,7 +143,7 @@ def _coordinate_gradients(padded, offset, mask, grad_out, geo, rows, cols, scale
     K = rows.shape[0]
     Wp = geo[1] + 3
     chunks = (P + chunk - 1) // chunk
-    for task in prange(N * chunks):
+    for task in range(first, last):
         n = task // chunks
         p0 = (task - n * chunks) * chunk
         image = padded[n]
@@ -166,7 +167,7 @@ def _coordinate_gradients(padded, offset, mask, grad_out, geo, rows, cols, scale
 
 
 @numba_cpu._Kernel
-def _scatter(offset, mask, grad_out, geo, rows, cols, scale, grad_padded):
+def _scatter(offset, mask, grad_out, geo, rows, cols, scale, grad_padded, first, last):
     """Input gradient: the adjoint of sampling; one task per (image, group).
 
     A group's channels receive only from that group's samples, so each task
@@ -177,7 +178,7 @@ def _scatter(offset, mask, grad_out, geo, rows, cols, scale, grad_padded):
     G, D = geo[2], geo[3]
     K = rows.shape[0]
     Wp = geo[1] + 3
-    for task in prange(N * G):
+    for task in range(first, last):
         n = task // G
         g = task - n * G
         c0 = g * D
@@ -212,7 +213,8 @@ def forward(input, offset, mask, geom, dtype):
     """DCNv3/DCNv4 forward (layouts of :mod:`refdcn.reference.dcnv3_loops`); output in ``dtype``."""
     out = np.empty((geom.batch, geom.out_pixels, geom.channels), dtype)
     if out.size:
-        _forward(out.size * geom.taps, _padded(input), _flat(geom, offset), _flat(geom, mask),
+        _forward(out.size * geom.taps, geom.batch * -(-geom.out_pixels // CHUNK), _padded(input),
+                 _flat(geom, offset), _flat(geom, mask),
                  geom.ints(), geom.tap_rows, geom.tap_cols, geom.offset_scale, out, CHUNK)
     return out.reshape(geom.batch, geom.out_h, geom.out_w, geom.channels)
 
@@ -227,11 +229,12 @@ def backward(grad_output, input, offset, mask, geom, dtype, convention=bilinear.
         padded, off, msk, go = (_padded(input), _flat(geom, offset), _flat(geom, mask),
                                 _flat(geom, grad_output))
         work = grad_output.size * geom.taps
-        _coordinate_gradients(2 * work, padded, off, msk, go, geom.ints(), geom.tap_rows,
+        _coordinate_gradients(2 * work, n * -(-geom.out_pixels // CHUNK), padded, off, msk, go,
+                              geom.ints(), geom.tap_rows,
                               geom.tap_cols, geom.offset_scale,
                               convention == bilinear.BORDER_TORCHVISION,
                               _flat(geom, grad_offset), _flat(geom, grad_mask), CHUNK)
-        _scatter(work, off, msk, go, geom.ints(), geom.tap_rows, geom.tap_cols,
+        _scatter(work, n * geom.group, off, msk, go, geom.ints(), geom.tap_rows, geom.tap_cols,
                  geom.offset_scale, grad_padded)
     grad_input = grad_padded.reshape(n, h + 3, w + 3, c)[:, 2:h + 2, 2:w + 2].astype(dtype)
     return grad_input, grad_offset, grad_mask
