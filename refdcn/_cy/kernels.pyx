@@ -27,8 +27,8 @@ loops: im2col calls :func:`weighted_sum` (the last step of
 :func:`interpolate`) on the four corners, col2im adds to the four
 ``(row, col, weight)`` targets of :func:`weighted_targets` (the last step of
 :func:`scatter_corners`, the adjoint), the
-coordinate gradients call :func:`interpolate_gradient` and
-:func:`interpolate`.  These are ``inline nogil`` C functions, so the compiler
+coordinate gradients call :func:`interpolate_gradient` and :func:`weighted_sum`
+(interpolate).  These are ``inline nogil`` C functions, so the compiler
 sees the arithmetic as if written in place.  im2col's columns are bitwise
 those of the "numpy" backend (same functions, double precision, same order).
 
@@ -46,10 +46,10 @@ with it, serial loops from the same source otherwise):
 * im2col and the coordinate gradients: over *tiles* (image, offset group,
   ``TILE`` output pixels); a tile fills its table, then sweeps it once per
   channel of the group (one channel's plane stays in L1).  The coordinate
-  gradients use that ``dS/dy``, ``dS/dx`` and ``S`` are linear in the four
-  corner values: per channel they only accumulate the g-weighted corner
-  differences (in channel order, in double precision), and each point then
-  calls :func:`interpolate_gradient` and :func:`interpolate` once on the sums.
+  gradients call :func:`interpolate_gradient` (and, with a mask,
+  :func:`interpolate`) per channel and point, and accumulate their products
+  with the column gradient over the channels (in channel order, in double
+  precision); the mask multiplies the channel sum.
 * col2im: per image, the table of all its points (in pixel chunks if it
   would exceed ``COL2IM_TABLE_BYTES``), filled in parallel; then parallel over
   input channels: each plane is scattered by exactly one thread, in the fixed
@@ -368,10 +368,10 @@ def coordinate_gradients_into(const real[:, :, ::1] grad_columns,
     ``grad_offset[b, 2kk]   = m * sum_c grad_columns[b, c*K+k, p] * dS_c/dy``,
     ``grad_offset[b, 2kk+1] = m * sum_c grad_columns[b, c*K+k, p] * dS_c/dx``,
     ``grad_mask[b, kk]      =     sum_c grad_columns[b, c*K+k, p] * S_c``
-    (``kk = d*K + k``, ``c`` over the channels of offset group ``d``).  By
-    linearity, ``sum_c g_c dS_c/dy = interpolate_gradient(corner sums)``; the
-    sums ``q_ab = sum_c g_c (v_ab - v00)`` and ``q00 = sum_c g_c v00`` run in
-    channel order, in double precision.  Shapes: grad_columns
+    (``kk = d*K + k``, ``c`` over the channels of offset group ``d``): the rule
+    of :mod:`refdcn.reference.loops` in this order of operations, so that
+    infinite and NaN values give its NaN/inf pattern (README "Non-finite
+    values"); the sums run in channel order, in double precision.  Shapes: grad_columns
     (B, C_in*K, P), input (B, C_in, H, W), offset / grad_offset (B, 2*D*K, P),
     mask / grad_mask (B, D*K, P); grad_mask is written only if ``has_mask``.
     Parallel over tiles (image, offset group, pixels), like :func:`im2col_into`.
@@ -387,14 +387,14 @@ def coordinate_gradients_into(const real[:, :, ::1] grad_columns,
     cdef Point* pts
     cdef Point* pt
     cdef double* acc
-    cdef double v00, q00, q01, q10, q11, d_dy, d_dx, gv
+    cdef double v00, v01, v10, v11, d_dy, d_dx, gv, m
     cdef real* padded = NULL
     cdef Point* tables = NULL
     cdef double* accs = NULL
     try:
         padded = <real*>_alloc(g.B * g.C * g.plane * sizeof(real))
         tables = <Point*>_alloc(refdcn_max_threads() * KT * sizeof(Point))
-        accs = <double*>_alloc(refdcn_max_threads() * 4 * KT * sizeof(double))
+        accs = <double*>_alloc(refdcn_max_threads() * 3 * KT * sizeof(double))
         with nogil:
             _pad(input, padded, &g)
             for it in prange(g.B * g.D * ntiles, schedule="dynamic"):
@@ -404,44 +404,42 @@ def coordinate_gradients_into(const real[:, :, ::1] grad_columns,
                 t0 = tile * T
                 n = min(T, g.P - t0)
                 pts = tables + threadid() * KT
-                acc = accs + threadid() * 4 * KT
+                acc = accs + threadid() * 3 * KT
                 _fill(pts, n, offset, mask, has_mask, b, d, t0, n, &g, closed)
-                memset(acc, 0, 4 * KT * sizeof(double))
-                # dS/dy, dS/dx and S are linear in the four corner values, with
-                # coefficients fixed by the point (ly, lx): the sum over channels of
-                # g_c times them is interpolate_gradient / interpolate of the g-weighted
-                # corner sums.  Per channel only those sums are accumulated, in channel
-                # order, relative to v00 (q_ab = sum g (v_ab - v00), q00 = sum g v00) so
-                # that the derivatives never cancel a common level of the corners.
+                memset(acc, 0, 3 * KT * sizeof(double))
+                # the rule of refdcn.reference.loops: per channel dS/dy, dS/dx
+                # (interpolate_gradient) and S (interpolate) of the four corner values,
+                # times the column gradient, summed over the channels in channel order
+                # (double precision); the mask multiplies the channel sum
                 for c in range(d * g.cpg, (d + 1) * g.cpg):
                     src = padded + (b * g.C + c) * g.plane
                     for k in range(g.K):
                         grow = &grad_columns[b, c * g.K + k, t0]
                         for q in range(n):
                             e = k * n + q
-                            ii = pts[e].idx
+                            pt = pts + e
+                            ii = pt.idx
                             v00 = src[ii]
+                            v01 = src[ii + 1]
+                            v10 = src[ii + Wp]
+                            v11 = src[ii + Wp + 1]
                             gv = grow[q]
-                            acc[KT + e] += gv * (src[ii + 1] - v00)
-                            acc[2 * KT + e] += gv * (src[ii + Wp] - v00)
-                            acc[3 * KT + e] += gv * (src[ii + Wp + 1] - v00)
+                            d_dy, d_dx = interpolate_gradient(v00, v01, v10, v11, pt.ly, pt.lx)
+                            acc[e] += gv * d_dy
+                            acc[KT + e] += gv * d_dx
                             if has_mask:
-                                acc[e] += gv * v00
+                                # interpolate, with the point's corner_weights computed once
+                                acc[2 * KT + e] += gv * weighted_sum(
+                                    v00, v01, v10, v11, pt.w00, pt.w01, pt.w10, pt.w11)
                 for k in range(g.K):
                     kk = d * g.K + k
                     for q in range(n):
                         e = k * n + q
-                        pt = pts + e
-                        q00 = acc[e]
-                        q01 = acc[KT + e]
-                        q10 = acc[2 * KT + e]
-                        q11 = acc[3 * KT + e]
-                        d_dy, d_dx = interpolate_gradient(0.0, q01, q10, q11, pt.ly, pt.lx)
-                        grad_offset[b, 2 * kk, t0 + q] = <real>(pt.m * d_dy)
-                        grad_offset[b, 2 * kk + 1, t0 + q] = <real>(pt.m * d_dx)
+                        m = pts[e].m
+                        grad_offset[b, 2 * kk, t0 + q] = <real>(m * acc[e])
+                        grad_offset[b, 2 * kk + 1, t0 + q] = <real>(m * acc[KT + e])
                         if has_mask:
-                            grad_mask[b, kk, t0 + q] = <real>interpolate(
-                                q00, q00 + q01, q00 + q10, q00 + q11, pt.ly, pt.lx)
+                            grad_mask[b, kk, t0 + q] = <real>acc[2 * KT + e]
     finally:
         free(padded)
         free(tables)

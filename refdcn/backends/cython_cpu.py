@@ -201,38 +201,6 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention, gr
     gm = go if grad_mask is None else _flat(grad_mask, B)
     _kernels.coordinate_gradients_into(grad_columns, input, off, m, has_mask, int(convention),
                                        go, gm, geom)
-    _apply_ieee_rule(grad_columns, input, offset, mask, geom, convention, grad_offset, grad_mask)
-
-
-def _apply_ieee_rule(grad_columns, input, offset, mask, geom, convention, grad_offset,
-                     grad_mask):
-    """Recompute, per channel, the images whose coordinate gradients are not all finite.
-
-    The kernel sums ``g_c * (v_ab - v00)`` over the channels before it
-    interpolates (fast, and exact by linearity for finite values), but with an
-    infinite corner value or column gradient that grouping turns ``inf`` into
-    NaN where the rule of :mod:`refdcn.reference.loops` (``dS_c/dy`` per
-    channel, then the channel sum) gives ``inf``.  Finite inputs always give
-    finite results here, so only images with a non-finite value are
-    recomputed, one at a time (so the result does not depend on the block),
-    by the NumPy backend's kernel, which follows the rule
-    (``tests/test_hardening.py::test_nonfinite``).
-    """
-    B = geom.batch
-    with np.errstate(all="ignore"):
-        check = grad_offset.reshape(B, -1).sum(axis=1)
-        if grad_mask is not None:
-            check = check + grad_mask.reshape(B, -1).sum(axis=1)
-    bad = np.flatnonzero(~np.isfinite(check))
-    if bad.size == 0:
-        return
-    from . import get
-    per_channel = get("numpy").coordinate_gradients
-    one = geom.with_batch(1)
-    for b in bad:
-        s = slice(b, b + 1)
-        per_channel(grad_columns[s], input[s], offset[s], None if mask is None else mask[s], one,
-                    convention, grad_offset[s], None if grad_mask is None else grad_mask[s])
 
 
 #: ``sizeof(Point)`` of ``kernels.pyx``: one sampling point's table entry (an index, six doubles).
