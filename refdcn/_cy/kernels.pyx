@@ -125,7 +125,11 @@ def _set_col2im_table_bytes(Py_ssize_t nbytes):
 
 
 cdef struct Geom:
-    Py_ssize_t B, C, H, W, D, K, kw, sh, sw, ph, pw, dh, dw, out_w, P, cpg, Hp, Wp, plane
+    # the fields of refdcn.geometry.KernelGeometry that the kernels read (same names), and
+    # the padded planes: Hp = height + 3 rows, Wp = width + 3 columns, plane = Hp * Wp
+    Py_ssize_t batch, in_channels, height, width, offset_groups, taps, kw
+    Py_ssize_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
+    Py_ssize_t out_w, out_pixels, in_per_offset_group, Hp, Wp, plane
 
 
 cdef struct Point:
@@ -136,36 +140,36 @@ cdef struct Point:
     double m                # the mask, 1 without one
 
 
-cdef Geom _geom(g, Py_ssize_t batch) except *:
-    """The sizes of a :class:`refdcn.geometry.Geometry` as a C struct."""
-    cdef Geom s
-    s.B = batch
-    s.C = g.in_channels
-    s.H = g.height
-    s.W = g.width
-    s.D = g.offset_groups
-    s.K = g.kh * g.kw
-    s.kw = g.kw
-    s.sh = g.stride[0]
-    s.sw = g.stride[1]
-    s.ph = g.padding[0]
-    s.pw = g.padding[1]
-    s.dh = g.dilation[0]
-    s.dw = g.dilation[1]
-    s.out_w = g.out_w
-    s.P = g.out_h * g.out_w
-    s.cpg = g.in_channels // g.offset_groups
-    s.Hp = g.height + PAD_BEFORE + PAD_AFTER
-    s.Wp = g.width + PAD_BEFORE + PAD_AFTER
-    s.plane = s.Hp * s.Wp
-    return s
+cdef Geom _geom(geom, Py_ssize_t batch) except *:
+    """The sizes of a :class:`refdcn.geometry.Geometry` as a C struct (``batch`` images)."""
+    cdef Geom geo
+    geo.batch = batch
+    geo.in_channels = geom.in_channels
+    geo.height = geom.height
+    geo.width = geom.width
+    geo.offset_groups = geom.offset_groups
+    geo.taps = geom.taps
+    geo.kw = geom.kw
+    geo.stride_h = geom.stride[0]
+    geo.stride_w = geom.stride[1]
+    geo.pad_h = geom.padding[0]
+    geo.pad_w = geom.padding[1]
+    geo.dilation_h = geom.dilation[0]
+    geo.dilation_w = geom.dilation[1]
+    geo.out_w = geom.out_w
+    geo.out_pixels = geom.out_pixels
+    geo.in_per_offset_group = geom.in_per_offset_group
+    geo.Hp = geom.height + PAD_BEFORE + PAD_AFTER
+    geo.Wp = geom.width + PAD_BEFORE + PAD_AFTER
+    geo.plane = geo.Hp * geo.Wp
+    return geo
 
 
 # --------------------------------------------------------------------------- shared steps
 
 cdef void _fill(Point* pts, Py_ssize_t row, const real[:, :, ::1] offset,
                 const real[:, :, ::1] mask, bint has_mask, Py_ssize_t b, Py_ssize_t d,
-                Py_ssize_t t0, Py_ssize_t n, Geom* g, bint closed) noexcept nogil:
+                Py_ssize_t t0, Py_ssize_t n, Geom* geo, bint closed) noexcept nogil:
     """The sampling points of taps 0..K-1 and pixels t0..t0+n-1: ``pts[k*row + q]``.
 
     ``closed``: locate's ``closed_at_minus_one``.  Serial (called inside
@@ -175,20 +179,22 @@ cdef void _fill(Point* pts, Py_ssize_t row, const real[:, :, ::1] offset,
     cdef double y, x, ly, lx
     cdef bint active
     cdef Point* pt
-    for k in range(g.K):
-        i = k // g.kw
-        j = k - i * g.kw
-        kk = d * g.K + k
+    for k in range(geo.taps):
+        i = k // geo.kw
+        j = k - i * geo.kw
+        kk = d * geo.taps + k
         for q in range(n):
             p = t0 + q
-            oy = p // g.out_w
-            ox = p - oy * g.out_w
-            y = sampling_point(oy, g.sh, g.ph, i, g.dh, offset[b, 2 * kk, p])
-            x = sampling_point(ox, g.sw, g.pw, j, g.dw, offset[b, 2 * kk + 1, p])
-            active, y0, x0, ly, lx = locate(y, x, g.H, g.W, closed)
+            oy = p // geo.out_w
+            ox = p - oy * geo.out_w
+            y = sampling_point(oy, geo.stride_h, geo.pad_h, i, geo.dilation_h,
+                               offset[b, 2 * kk, p])
+            x = sampling_point(ox, geo.stride_w, geo.pad_w, j, geo.dilation_w,
+                               offset[b, 2 * kk + 1, p])
+            active, y0, x0, ly, lx = locate(y, x, geo.height, geo.width, closed)
             pt = pts + k * row + q
             # inactive and NaN points have y0 = x0 = OUTSIDE: the all-zero corner block
-            pt.idx = (y0 + PAD_BEFORE) * g.Wp + (x0 + PAD_BEFORE)
+            pt.idx = (y0 + PAD_BEFORE) * geo.Wp + (x0 + PAD_BEFORE)
             pt.ly = ly
             pt.lx = lx
             pt.w00, pt.w01, pt.w10, pt.w11 = corner_weights(ly, lx)
@@ -206,13 +212,14 @@ cdef inline void _scatter(double* corner, Target target, Py_ssize_t Wp, double v
     corner[target[0] * Wp + target[1]] += target[2] * value
 
 
-cdef void _pad(const real[:, :, :, ::1] input, real* padded, Geom* g) noexcept nogil:
+cdef void _pad(const real[:, :, :, ::1] input, real* padded, Geom* geo) noexcept nogil:
     """Copy every plane of ``input`` into the interior of its padded plane (borders stay 0)."""
     cdef Py_ssize_t bc, yy
-    for bc in prange(g.B * g.C, schedule="static"):
-        for yy in range(g.H):
-            memcpy(padded + bc * g.plane + (yy + PAD_BEFORE) * g.Wp + PAD_BEFORE,
-                   &input[bc // g.C, bc % g.C, yy, 0], g.W * sizeof(real))
+    for bc in prange(geo.batch * geo.in_channels, schedule="static"):
+        for yy in range(geo.height):
+            memcpy(padded + bc * geo.plane + (yy + PAD_BEFORE) * geo.Wp + PAD_BEFORE,
+                   &input[bc // geo.in_channels, bc % geo.in_channels, yy, 0],
+                   geo.width * sizeof(real))
 
 
 cdef void* _alloc(size_t nbytes) except NULL:
@@ -235,10 +242,10 @@ def im2col_into(const real[:, :, :, ::1] input, const real[:, :, ::1] offset,
     group, pixels t0..t0+T-1); each fills its table once and serves the
     group's channels from it.
     """
-    cdef Geom g = _geom(geom, input.shape[0])
-    cdef Py_ssize_t T = max(1, min(TILE, g.P))
-    cdef Py_ssize_t ntiles = (g.P + T - 1) // T
-    cdef Py_ssize_t it, b, d, tile, t0, n, c, k, q, ii, Wp = g.Wp
+    cdef Geom geo = _geom(geom, input.shape[0])
+    cdef Py_ssize_t T = max(1, min(TILE, geo.out_pixels))
+    cdef Py_ssize_t ntiles = (geo.out_pixels + T - 1) // T
+    cdef Py_ssize_t it, b, d, tile, t0, n, c, k, q, ii, Wp = geo.Wp
     cdef const real* src
     cdef real* dst
     cdef Point* pts
@@ -247,22 +254,22 @@ def im2col_into(const real[:, :, :, ::1] input, const real[:, :, ::1] offset,
     cdef real* padded = NULL
     cdef Point* tables = NULL
     try:
-        padded = <real*>_alloc(g.B * g.C * g.plane * sizeof(real))
-        tables = <Point*>_alloc(refdcn_max_threads() * g.K * T * sizeof(Point))
+        padded = <real*>_alloc(geo.batch * geo.in_channels * geo.plane * sizeof(real))
+        tables = <Point*>_alloc(refdcn_max_threads() * geo.taps * T * sizeof(Point))
         with nogil:
-            _pad(input, padded, &g)
-            for it in prange(g.B * g.D * ntiles, schedule="dynamic"):
-                b = it // (g.D * ntiles)
-                d = (it // ntiles) % g.D
+            _pad(input, padded, &geo)
+            for it in prange(geo.batch * geo.offset_groups * ntiles, schedule="dynamic"):
+                b = it // (geo.offset_groups * ntiles)
+                d = (it // ntiles) % geo.offset_groups
                 tile = it % ntiles
                 t0 = tile * T
-                n = min(T, g.P - t0)
-                pts = tables + threadid() * g.K * T
-                _fill(pts, n, offset, mask, has_mask, b, d, t0, n, &g, False)
-                for c in range(d * g.cpg, (d + 1) * g.cpg):
-                    src = padded + (b * g.C + c) * g.plane
-                    for k in range(g.K):
-                        dst = &columns[b, c * g.K + k, t0]
+                n = min(T, geo.out_pixels - t0)
+                pts = tables + threadid() * geo.taps * T
+                _fill(pts, n, offset, mask, has_mask, b, d, t0, n, &geo, False)
+                for c in range(d * geo.in_per_offset_group, (d + 1) * geo.in_per_offset_group):
+                    src = padded + (b * geo.in_channels + c) * geo.plane
+                    for k in range(geo.taps):
+                        dst = &columns[b, c * geo.taps + k, t0]
                         pk = pts + k * n
                         for q in range(n):
                             # interpolate, with the point's corner_weights computed once
@@ -291,13 +298,13 @@ def col2im_into(const real[:, :, ::1] grad_columns, const real[:, :, ::1] offset
     pixel): race-free and deterministic.  The planes accumulate in double
     precision (also for float32) and are rounded once at the end.
     """
-    cdef Geom g = _geom(geom, grad_columns.shape[0])
-    cdef Py_ssize_t per_pixel = g.D * g.K * sizeof(Point)
-    cdef Py_ssize_t PT = max(1, min(g.P, COL2IM_TABLE_BYTES // per_pixel))
-    cdef Py_ssize_t nchunks = (g.P + PT - 1) // PT
+    cdef Geom geo = _geom(geom, grad_columns.shape[0])
+    cdef Py_ssize_t per_pixel = geo.offset_groups * geo.taps * sizeof(Point)
+    cdef Py_ssize_t PT = max(1, min(geo.out_pixels, COL2IM_TABLE_BYTES // per_pixel))
+    cdef Py_ssize_t nchunks = (geo.out_pixels + PT - 1) // PT
     cdef Py_ssize_t T = max(1, min(TILE, PT))
     cdef Py_ssize_t ntiles = (PT + T - 1) // T
-    cdef Py_ssize_t b, chunk, p0, np_, it, d, tile, t0, n, c, k, q, yy, xx, Wp = g.Wp
+    cdef Py_ssize_t b, chunk, p0, np_, it, d, tile, t0, n, c, k, q, yy, xx, Wp = geo.Wp
     cdef Target t00, t01, t10, t11
     cdef const real* gsrc
     cdef double* acc
@@ -308,29 +315,29 @@ def col2im_into(const real[:, :, ::1] grad_columns, const real[:, :, ::1] offset
     cdef double* padded = NULL
     cdef Point* table = NULL
     try:
-        padded = <double*>_alloc(g.C * g.plane * sizeof(double))
-        table = <Point*>_alloc(g.D * g.K * PT * sizeof(Point))
+        padded = <double*>_alloc(geo.in_channels * geo.plane * sizeof(double))
+        table = <Point*>_alloc(geo.offset_groups * geo.taps * PT * sizeof(Point))
         with nogil:
-            for b in range(g.B):
+            for b in range(geo.batch):
                 for chunk in range(nchunks):
                     p0 = chunk * PT
-                    np_ = min(PT, g.P - p0)
+                    np_ = min(PT, geo.out_pixels - p0)
                     # table of group d: table[d*K*np_ + k*np_ + q], filled tile by tile
-                    for it in prange(g.D * ntiles, schedule="dynamic"):
+                    for it in prange(geo.offset_groups * ntiles, schedule="dynamic"):
                         d = it // ntiles
                         t0 = (it % ntiles) * T
                         if t0 < np_:
                             n = min(T, np_ - t0)
-                            _fill(table + d * g.K * np_ + t0, np_, offset, mask, has_mask, b,
-                                  d, p0 + t0, n, &g, False)
-                    for c in prange(g.C, schedule="dynamic"):
-                        acc = padded + c * g.plane
+                            _fill(table + d * geo.taps * np_ + t0, np_, offset, mask, has_mask, b,
+                                  d, p0 + t0, n, &geo, False)
+                    for c in prange(geo.in_channels, schedule="dynamic"):
+                        acc = padded + c * geo.plane
                         if chunk == 0:
-                            memset(acc, 0, g.plane * sizeof(double))
-                        d = c // g.cpg
-                        for k in range(g.K):
-                            gsrc = &grad_columns[b, c * g.K + k, p0]
-                            pk = table + (d * g.K + k) * np_
+                            memset(acc, 0, geo.plane * sizeof(double))
+                        d = c // geo.in_per_offset_group
+                        for k in range(geo.taps):
+                            gsrc = &grad_columns[b, c * geo.taps + k, p0]
+                            pk = table + (d * geo.taps + k) * np_
                             for q in range(np_):
                                 # the adjoint of sampling: m * g to the four corners, each
                                 # times its weight (bilinear.scatter_corners)
@@ -347,10 +354,10 @@ def col2im_into(const real[:, :, ::1] grad_columns, const real[:, :, ::1] offset
                         if chunk == nchunks - 1:
                             # the interior is the gradient; the border collected what fell
                             # outside the image (and NaN points), and is dropped
-                            for yy in range(g.H):
+                            for yy in range(geo.height):
                                 gout = &grad_input[b, c, yy, 0]
                                 arow = acc + (yy + PAD_BEFORE) * Wp + PAD_BEFORE
-                                for xx in range(g.W):
+                                for xx in range(geo.width):
                                     gout[xx] = <real>arow[xx]
     finally:
         free(padded)
@@ -376,11 +383,11 @@ def coordinate_gradients_into(const real[:, :, ::1] grad_columns,
     mask / grad_mask (B, D*K, P); grad_mask is written only if ``has_mask``.
     Parallel over tiles (image, offset group, pixels), like :func:`im2col_into`.
     """
-    cdef Geom g = _geom(geom, input.shape[0])
-    cdef Py_ssize_t T = max(1, min(TILE, g.P))
-    cdef Py_ssize_t ntiles = (g.P + T - 1) // T
-    cdef Py_ssize_t it, b, d, tile, t0, n, c, k, q, e, ii, kk, Wp = g.Wp
-    cdef Py_ssize_t KT = g.K * T
+    cdef Geom geo = _geom(geom, input.shape[0])
+    cdef Py_ssize_t T = max(1, min(TILE, geo.out_pixels))
+    cdef Py_ssize_t ntiles = (geo.out_pixels + T - 1) // T
+    cdef Py_ssize_t it, b, d, tile, t0, n, c, k, q, e, ii, kk, Wp = geo.Wp
+    cdef Py_ssize_t KT = geo.taps * T
     cdef bint closed = convention == BORDER_TORCHVISION
     cdef const real* src
     cdef const real* grow
@@ -392,29 +399,29 @@ def coordinate_gradients_into(const real[:, :, ::1] grad_columns,
     cdef Point* tables = NULL
     cdef double* accs = NULL
     try:
-        padded = <real*>_alloc(g.B * g.C * g.plane * sizeof(real))
+        padded = <real*>_alloc(geo.batch * geo.in_channels * geo.plane * sizeof(real))
         tables = <Point*>_alloc(refdcn_max_threads() * KT * sizeof(Point))
         accs = <double*>_alloc(refdcn_max_threads() * 3 * KT * sizeof(double))
         with nogil:
-            _pad(input, padded, &g)
-            for it in prange(g.B * g.D * ntiles, schedule="dynamic"):
-                b = it // (g.D * ntiles)
-                d = (it // ntiles) % g.D
+            _pad(input, padded, &geo)
+            for it in prange(geo.batch * geo.offset_groups * ntiles, schedule="dynamic"):
+                b = it // (geo.offset_groups * ntiles)
+                d = (it // ntiles) % geo.offset_groups
                 tile = it % ntiles
                 t0 = tile * T
-                n = min(T, g.P - t0)
+                n = min(T, geo.out_pixels - t0)
                 pts = tables + threadid() * KT
                 acc = accs + threadid() * 3 * KT
-                _fill(pts, n, offset, mask, has_mask, b, d, t0, n, &g, closed)
+                _fill(pts, n, offset, mask, has_mask, b, d, t0, n, &geo, closed)
                 memset(acc, 0, 3 * KT * sizeof(double))
                 # the rule of refdcn.reference.loops: per channel dS/dy, dS/dx
                 # (interpolate_gradient) and S (interpolate) of the four corner values,
                 # times the column gradient, summed over the channels in channel order
                 # (double precision); the mask multiplies the channel sum
-                for c in range(d * g.cpg, (d + 1) * g.cpg):
-                    src = padded + (b * g.C + c) * g.plane
-                    for k in range(g.K):
-                        grow = &grad_columns[b, c * g.K + k, t0]
+                for c in range(d * geo.in_per_offset_group, (d + 1) * geo.in_per_offset_group):
+                    src = padded + (b * geo.in_channels + c) * geo.plane
+                    for k in range(geo.taps):
+                        grow = &grad_columns[b, c * geo.taps + k, t0]
                         for q in range(n):
                             e = k * n + q
                             pt = pts + e
@@ -431,8 +438,8 @@ def coordinate_gradients_into(const real[:, :, ::1] grad_columns,
                                 # interpolate, with the point's corner_weights computed once
                                 acc[2 * KT + e] += gv * weighted_sum(
                                     v00, v01, v10, v11, pt.w00, pt.w01, pt.w10, pt.w11)
-                for k in range(g.K):
-                    kk = d * g.K + k
+                for k in range(geo.taps):
+                    kk = d * geo.taps + k
                     for q in range(n):
                         e = k * n + q
                         m = pts[e].m
