@@ -212,6 +212,21 @@ cdef inline void _scatter(double* corner, Target target, Py_ssize_t Wp, double v
     corner[target[0] * Wp + target[1]] += target[2] * value
 
 
+cdef inline (Py_ssize_t, Py_ssize_t) _tiling(Py_ssize_t pixels) noexcept nogil:
+    """(output pixels per tile ``T``, number of tiles) for ``pixels`` output pixels."""
+    cdef Py_ssize_t T = max(1, min(TILE, pixels))
+    return T, (pixels + T - 1) // T
+
+
+cdef inline (Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) _tile(
+        Py_ssize_t it, Py_ssize_t ntiles, Py_ssize_t T, Geom* geo) noexcept nogil:
+    """Work item ``it`` of im2col and the coordinate gradients: (image ``b``, offset
+    group ``d``, first output pixel ``t0``, output pixels ``n``), image-major."""
+    cdef Py_ssize_t t0 = (it % ntiles) * T
+    return (it // (geo.offset_groups * ntiles), (it // ntiles) % geo.offset_groups, t0,
+            min(T, geo.out_pixels - t0))
+
+
 cdef void _pad(const real[:, :, :, ::1] input, real* padded, Geom* geo) noexcept nogil:
     """Copy every plane of ``input`` into the interior of its padded plane (borders stay 0)."""
     cdef Py_ssize_t bc, yy
@@ -243,9 +258,9 @@ def im2col_into(const real[:, :, :, ::1] input, const real[:, :, ::1] offset,
     group's channels from it.
     """
     cdef Geom geo = _geom(geom, input.shape[0])
-    cdef Py_ssize_t T = max(1, min(TILE, geo.out_pixels))
-    cdef Py_ssize_t ntiles = (geo.out_pixels + T - 1) // T
-    cdef Py_ssize_t it, b, d, tile, t0, n, c, k, q, ii, Wp = geo.Wp
+    cdef Py_ssize_t T, ntiles
+    T, ntiles = _tiling(geo.out_pixels)
+    cdef Py_ssize_t it, b, d, t0, n, c, k, q, ii, Wp = geo.Wp
     cdef const real* src
     cdef real* dst
     cdef Point* pts
@@ -259,11 +274,7 @@ def im2col_into(const real[:, :, :, ::1] input, const real[:, :, ::1] offset,
         with nogil:
             _pad(input, padded, &geo)
             for it in prange(geo.batch * geo.offset_groups * ntiles, schedule="dynamic"):
-                b = it // (geo.offset_groups * ntiles)
-                d = (it // ntiles) % geo.offset_groups
-                tile = it % ntiles
-                t0 = tile * T
-                n = min(T, geo.out_pixels - t0)
+                b, d, t0, n = _tile(it, ntiles, T, &geo)
                 pts = tables + threadid() * geo.taps * T
                 _fill(pts, n, offset, mask, has_mask, b, d, t0, n, &geo, False)
                 for c in range(d * geo.in_per_offset_group, (d + 1) * geo.in_per_offset_group):
@@ -302,9 +313,9 @@ def col2im_into(const real[:, :, ::1] grad_columns, const real[:, :, ::1] offset
     cdef Py_ssize_t per_pixel = geo.offset_groups * geo.taps * sizeof(Point)
     cdef Py_ssize_t PT = max(1, min(geo.out_pixels, COL2IM_TABLE_BYTES // per_pixel))
     cdef Py_ssize_t nchunks = (geo.out_pixels + PT - 1) // PT
-    cdef Py_ssize_t T = max(1, min(TILE, PT))
-    cdef Py_ssize_t ntiles = (PT + T - 1) // T
-    cdef Py_ssize_t b, chunk, p0, np_, it, d, tile, t0, n, c, k, q, yy, xx, Wp = geo.Wp
+    cdef Py_ssize_t T, ntiles
+    T, ntiles = _tiling(PT)      # tiles of one chunk's table
+    cdef Py_ssize_t b, chunk, p0, np_, it, d, t0, n, c, k, q, yy, xx, Wp = geo.Wp
     cdef Target t00, t01, t10, t11
     cdef const real* gsrc
     cdef double* acc
@@ -384,9 +395,9 @@ def coordinate_gradients_into(const real[:, :, ::1] grad_columns,
     Parallel over tiles (image, offset group, pixels), like :func:`im2col_into`.
     """
     cdef Geom geo = _geom(geom, input.shape[0])
-    cdef Py_ssize_t T = max(1, min(TILE, geo.out_pixels))
-    cdef Py_ssize_t ntiles = (geo.out_pixels + T - 1) // T
-    cdef Py_ssize_t it, b, d, tile, t0, n, c, k, q, e, ii, kk, Wp = geo.Wp
+    cdef Py_ssize_t T, ntiles
+    T, ntiles = _tiling(geo.out_pixels)
+    cdef Py_ssize_t it, b, d, t0, n, c, k, q, e, ii, kk, Wp = geo.Wp
     cdef Py_ssize_t KT = geo.taps * T
     cdef bint closed = convention == BORDER_TORCHVISION
     cdef const real* src
@@ -405,11 +416,7 @@ def coordinate_gradients_into(const real[:, :, ::1] grad_columns,
         with nogil:
             _pad(input, padded, &geo)
             for it in prange(geo.batch * geo.offset_groups * ntiles, schedule="dynamic"):
-                b = it // (geo.offset_groups * ntiles)
-                d = (it // ntiles) % geo.offset_groups
-                tile = it % ntiles
-                t0 = tile * T
-                n = min(T, geo.out_pixels - t0)
+                b, d, t0, n = _tile(it, ntiles, T, &geo)
                 pts = tables + threadid() * KT
                 acc = accs + threadid() * 3 * KT
                 _fill(pts, n, offset, mask, has_mask, b, d, t0, n, &geo, closed)
