@@ -7,7 +7,7 @@ allocation and matrix-product functions); this module owns the rest:
 
 forward, per tile
     ``columns = im2col(input, offset, mask)``
-    ``out[b, group g] = W_g @ columns[b, g]``          one GEMM per image and group
+    ``out[b, group g] = W_g @ columns[b, g]``          the GEMMs of a tile's images at once
 backward, per tile
     ``columns = im2col(...)``                          (recomputed, not stored)
     ``grad_W_g += G[b, g] @ columns[b, g]^T``          tiles in a fixed order
@@ -90,9 +90,18 @@ Optional declarations and hooks (defaults: NumPy host arrays):
 ``empty(shape, dtype)``, ``zeros(shape, dtype)``  allocation (on the device).
 ``column_buffer(size, dtype)``  the 1-D column buffer (default ``empty``).
 ``matmul(a, b, out, trans_a=False, trans_b=False, accumulate=False)``
-                        ``out[z] = op(a[z]) @ op(b[z])`` (``+=`` with
-                        ``accumulate``) for 3-D stacks over ``z`` (the groups);
-                        ``op`` transposes when asked.  ``a``/``b`` may be
+                        products of 3-D stacks: for ``z`` in ``0 .. Z-1``
+                        (``Z`` the longest stack), ``out[z % len(out)] =
+                        op(a[z % len(a)]) @ op(b[z % len(b)])``; ``op``
+                        transposes when asked.  Each stack has length ``Z``
+                        or a common length ``L`` that divides ``Z`` (stack
+                        ``z = b*G + g`` is image ``b``, group ``g``; the
+                        weight is a stack of ``G``).  With ``accumulate``
+                        the products are added (``+=``), and a shorter
+                        ``out`` receives its products in ``z`` order (the
+                        weight gradient, summed over the images);
+                        :func:`stack_chunks` splits such a call into
+                        products of equal stacks.  ``a``/``b`` may be
                         strided views of C-contiguous arrays only through the
                         leading (stack) index.
 ``contiguous(array)``   a C-contiguous copy of a strided slice.
@@ -277,34 +286,76 @@ def _largest(fits, high):
 GEMM_COLUMNS = 1024
 
 
-def numpy_matmul(a, b, out, trans_a=False, trans_b=False, accumulate=False):
-    """``out[z] = op(a[z]) @ op(b[z])`` (``+=`` with ``accumulate``) with NumPy's BLAS.
+def stack_chunks(a, b, out):
+    """A :attr:`KernelSet.matmul` call as chunks ``(a_i, b_i, out_i)`` of equal stacks.
 
-    Each product is split into slices of :data:`GEMM_COLUMNS` output columns,
-    multiplied on :mod:`refdcn.parallel`'s threads (each slice one BLAS call;
-    the driver runs the BLAS single-threaded, :func:`refdcn.parallel.single_threaded_blas`),
-    so the products share the dynamic schedule of the kernels: a starved
-    thread's slices are taken over instead of waited for.  Products of fewer
-    than :data:`refdcn.parallel.SMALL_GEMM_FLOPS`, and every product when the
-    BLAS's threads cannot be set (no threadpoolctl), run in the calling thread.
+    For hooks that multiply stacks of equal length only: the stacks of
+    length ``Z`` (the longest) are cut into chunks of the common shorter
+    length ``L``, in ``z`` order; stacks of length ``L`` are passed whole to
+    every chunk.  Products of a chunk may run together; an ``out`` of length
+    ``L`` shorter than ``Z`` takes the chunks one after the other
+    (accumulating).
     """
-    Z, M, N = out.shape
+    Z = max(a.shape[0], b.shape[0], out.shape[0])
+    L = min(a.shape[0], b.shape[0], out.shape[0])
+    for stack in (a, b, out):
+        if stack.shape[0] not in (L, Z) or Z % L:
+            raise ValueError(f"stacks of {a.shape[0]}, {b.shape[0]} and {out.shape[0]} "
+                             f"products do not repeat evenly")
+    for i in range(Z // L):
+        yield tuple(x if x.shape[0] == L < Z else x[i * L:(i + 1) * L] for x in (a, b, out))
+
+
+def numpy_matmul(a, b, out, trans_a=False, trans_b=False, accumulate=False):
+    """The :attr:`KernelSet.matmul` contract with NumPy's BLAS, on refdcn's threads.
+
+    Every product (stack entry ``z``) is split into slices of
+    :data:`GEMM_COLUMNS` output columns, and all the slices of all the
+    entries (every image and group of a tile) are multiplied on
+    :mod:`refdcn.parallel`'s threads, each slice one BLAS call (the driver
+    runs the BLAS single-threaded, :func:`refdcn.parallel.single_threaded_blas`),
+    so the products share the dynamic schedule of the kernels: a starved
+    thread's slices are taken over instead of waited for.  When ``out`` is
+    shorter than the stacks (the weight gradient), the products of up to
+    ``threads * len(out)`` entries are formed in parallel in scratch arrays
+    and added to ``out`` in ``z`` order: the same bits as ``out += product``
+    one entry after the other.  Calls of fewer than
+    :data:`refdcn.parallel.SMALL_GEMM_FLOPS`, and every call when the BLAS's
+    threads cannot be set (no threadpoolctl), run in the calling thread.
+    """
+    Z = max(a.shape[0], b.shape[0], out.shape[0])
+    M, N = out.shape[1], out.shape[2]
     inner = a.shape[-2] if trans_a else a.shape[-1]
     slices = -(-N // GEMM_COLUMNS)
+    # without threadpoolctl the BLAS keeps its own threads: do not multiply them by ours
+    small = 2 * Z * M * N * inner < parallel.SMALL_GEMM_FLOPS
+    threads = 1 if small or not parallel.blas_is_controllable() else parallel.num_threads()
 
-    def product(t):
-        z, j = divmod(t, slices)
-        az = a[z].T if trans_a else a[z]
-        bz = (b[z].T if trans_b else b[z])[:, j * GEMM_COLUMNS:(j + 1) * GEMM_COLUMNS]
-        dst = out[z, :, j * GEMM_COLUMNS:(j + 1) * GEMM_COLUMNS]
-        if accumulate:
+    def product(z, j, dst, add):
+        az = a[z % a.shape[0]]
+        bz = b[z % b.shape[0]]
+        az = az.T if trans_a else az
+        bz = (bz.T if trans_b else bz)[:, j * GEMM_COLUMNS:(j + 1) * GEMM_COLUMNS]
+        dst = dst[:, j * GEMM_COLUMNS:(j + 1) * GEMM_COLUMNS]
+        if add:
             dst += az @ bz
         else:
             np.matmul(az, bz, out=dst)
-    # without threadpoolctl the BLAS keeps its own threads: do not multiply them by ours
-    small = 2 * M * N * inner < parallel.SMALL_GEMM_FLOPS
-    threads = 1 if small or not parallel.blas_is_controllable() else None
-    parallel.run(Z * slices, product, threads)
+
+    if out.shape[0] == Z:
+        parallel.run(Z * slices, lambda t: product(*divmod(t, slices), out[t // slices],
+                                                   accumulate), threads)
+        return
+    if not accumulate:
+        raise ValueError(f"{Z} products into {out.shape[0]} outputs need accumulate=True")
+    chunk = min(Z, out.shape[0] * threads)
+    scratch = np.empty((chunk, M, N), out.dtype)
+    for z0 in range(0, Z, chunk):
+        n = min(chunk, Z - z0)
+        parallel.run(n * slices, lambda t: product(z0 + t // slices, t % slices,
+                                                   scratch[t // slices], False), threads)
+        for i in range(n):
+            out[(z0 + i) % out.shape[0]] += scratch[i]
 
 
 def _assign(dst, src):
@@ -376,11 +427,13 @@ def _columns_shape(ks, geom):
     return (geom.batch, geom.groups, geom.out_pixels, geom.taps * geom.in_per_group)
 
 
-def _image_columns(ks, columns, b, geom):
-    """Image ``b``'s columns as a (groups, ., .) stack."""
+def _column_stack(ks, columns, geom):
+    """The tile's columns as a (images*groups, ., .) stack (entry ``b*groups + g``)."""
     if ks.layout == "rows":
-        return columns[b].reshape(geom.groups, geom.in_per_group * geom.taps, geom.out_pixels)
-    return columns[b]
+        return columns.reshape(geom.batch * geom.groups, geom.in_per_group * geom.taps,
+                               geom.out_pixels)
+    return columns.reshape(geom.batch * geom.groups, geom.out_pixels,
+                           geom.taps * geom.in_per_group)
 
 
 def weight_matrix(ks, weight, geom):
@@ -478,15 +531,14 @@ def _forward_tiles(ks, out, input, offset, mask, weight, geom, dtype):
         columns = call.columns(tg)
         ks.im2col(input[t.start:t.stop], call.rows(offset, t), call.rows(mask, t), tg, columns,
                   call.prepared(input, t, tg))
-        whole = t.row0 == 0 and t.row1 == geom.out_h
-        for b in range(t.stop - t.start):
-            dst = out[t.start + b] if whole else tile_out[:geom.out_channels * tg.out_pixels
-                                                          ].reshape(geom.out_channels,
-                                                                    tg.out_pixels)
-            ks.matmul(wmat, _image_columns(ks, columns, b, tg), dst.reshape(G, O, tg.out_pixels),
-                      trans_b=trans_b)
-            if not whole:
-                ks.assign(out[t.start + b, :, t.row0 * W_out:t.row1 * W_out], dst)
+        if t.row0 == 0 and t.row1 == geom.out_h:      # whole images: every product at once
+            dst = out[t.start:t.stop].reshape((t.stop - t.start) * G, O, tg.out_pixels)
+            ks.matmul(wmat, _column_stack(ks, columns, tg), dst, trans_b=trans_b)
+        else:
+            dst = tile_out[:geom.out_channels * tg.out_pixels].reshape(G, O, tg.out_pixels)
+            ks.matmul(wmat, _column_stack(ks, columns, tg), dst, trans_b=trans_b)
+            ks.assign(out[t.start, :, t.row0 * W_out:t.row1 * W_out],
+                      dst.reshape(geom.out_channels, tg.out_pixels))
 
 
 def backward(ks, grad_output, input, offset, mask, weight, bias, geom, dtype, convention):
@@ -526,15 +578,15 @@ def _backward_tiles(ks, grad_output, input, offset, mask, geom, dtype, conventio
         prepared = call.prepared(input, t, tg)
         inp = input[t.start:t.stop]
         ks.im2col(inp, off, m, tg, columns, prepared)
-        go = call.rows(grad_output, t).reshape(t.stop - t.start, G, O, tg.out_pixels)
-        for b in range(t.stop - t.start):
-            cols = _image_columns(ks, columns, b, tg)
-            # grad_W += G_b @ columns_b^T, then the columns become grad_columns (in place)
-            ks.matmul(go[b], cols, grad_wmat, trans_b=not channels_last, accumulate=True)
-            if channels_last:
-                ks.matmul(go[b], wmat, cols, trans_a=True)
-            else:
-                ks.matmul(wmat, go[b], cols, trans_a=True)
+        go = call.rows(grad_output, t).reshape((t.stop - t.start) * G, O, tg.out_pixels)
+        cols = _column_stack(ks, columns, tg)
+        # grad_W += G_b @ columns_b^T over the images in order, then the columns
+        # become grad_columns (in place)
+        ks.matmul(go, cols, grad_wmat, trans_b=not channels_last, accumulate=True)
+        if channels_last:
+            ks.matmul(go, wmat, cols, trans_a=True)
+        else:
+            ks.matmul(wmat, go, cols, trans_a=True)
         # input gradient: the first (or only) tile of an image writes, later ones add
         if whole or ks.col2im_accumulates or t.row0 == 0:
             ks.col2im(columns, off, m, tg, grad_input[t.start:t.stop], prepared)

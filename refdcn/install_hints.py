@@ -8,7 +8,7 @@ extension is missing when Python imports refdcn from a source checkout.
 The extras (``pyproject.toml``): ``cuda`` (numba-cuda), ``torch``
 (:mod:`refdcn.torch`), ``onnx`` (onnx + onnxruntime), ``peers`` (torch,
 torchvision, onnx, onnxruntime: the peers of ``refdcn verify`` and
-``refdcn bench``), ``bench`` (threadpoolctl, tqdm), ``experiment`` (mlxtend,
+``refdcn bench``), ``bench`` (tqdm), ``experiment`` (mlxtend,
 matplotlib, tqdm), ``notebooks``, ``docs``, ``test`` and ``test-light``.
 """
 

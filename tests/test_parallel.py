@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from refdcn import parallel
+from refdcn.tolerances import gamma
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])
@@ -137,22 +138,67 @@ def test_finished_jobs_free_what_their_tasks_hold():
     assert ref() is None
 
 
-def test_products_split_over_threads_give_the_same_bits(monkeypatch):
-    """driver.numpy_matmul: sliced on refdcn's threads, or whole in the caller when the BLAS's
-    threads cannot be set (no threadpoolctl): the same bits either way."""
-    from refdcn import driver
-    rng = np.random.default_rng(3)
+def _assert_within_product_bound(actual, pairs):
+    """``actual`` (float32) equals ``sum(x @ y for x, y in pairs)`` up to the a-priori bound of
+    a float32 sum of ``n`` products, gamma_n * sum |x| @ |y| (Higham, eq. 3.5), with ``n``
+    the inner length times the number of products summed."""
+    exact = sum(x.astype(np.float64) @ y.astype(np.float64) for x, y in pairs)
+    scale = sum(np.abs(x.astype(np.float64)) @ np.abs(y.astype(np.float64)) for x, y in pairs)
+    n = pairs[0][0].shape[1] * len(pairs)
+    assert (np.abs(actual - exact) <= gamma(n) * scale).all()
+
+
+def _matmul_operands(seed=3):
+    rng = np.random.default_rng(seed)
     a = rng.standard_normal((2, 64, 300)).astype(np.float32)
-    b = rng.standard_normal((2, 3000, 300)).astype(np.float32)
-    split = np.zeros((2, 64, 3000), np.float32)
-    with parallel.single_threaded_blas():
-        driver.numpy_matmul(a, b, split, trans_b=True)
-    assert 2 * 64 * 3000 * 300 >= parallel.SMALL_GEMM_FLOPS            # really split
+    b = rng.standard_normal((6, 3000, 300)).astype(np.float32)     # 3 images x 2 groups
+    return a, b
+
+
+def test_products_on_threads_give_the_bits_of_the_caller_alone():
+    """driver.numpy_matmul: the slices of every image and group, multiplied on refdcn's
+    threads in any order, give the bits of the same slices multiplied one after another
+    in the calling thread (single-threaded BLAS both ways): the schedule and the
+    number of threads never change a result, for the products and for the weight
+    gradient's ordered sum over the images."""
+    from refdcn import driver
+    a, b = _matmul_operands()
+    assert 2 * 6 * 64 * 3000 * 300 >= parallel.SMALL_GEMM_FLOPS            # really split
+    results = {}
+    for threads in (1, 2, 3):
+        parallel.set_num_threads(threads)
+        try:
+            out = np.empty((6, 64, 3000), np.float32)
+            reduced = np.zeros((2, 64, 300), np.float32)
+            with parallel.single_threaded_blas():
+                driver.numpy_matmul(a, b, out, trans_b=True)
+                driver.numpy_matmul(out, b, reduced, accumulate=True)
+            results[threads] = (out, reduced)
+        finally:
+            parallel.set_num_threads(None)
+    for threads in (2, 3):
+        assert np.array_equal(results[threads][0], results[1][0])
+        assert np.array_equal(results[threads][1], results[1][1])
+    # the contract itself: out[z] = a[z % 2] @ b[z].T, and the short out sums in z order
+    out, reduced = results[1]
+    for z in range(6):
+        _assert_within_product_bound(out[z], [(a[z % 2], b[z].T)])
+    for g in range(2):
+        _assert_within_product_bound(reduced[g], [(out[z], b[z]) for z in range(g, 6, 2)])
+
+
+def test_products_stay_in_the_caller_without_a_controllable_blas(monkeypatch):
+    """Without threadpoolctl's control of the BLAS (an unknown BLAS), the BLAS keeps its
+    own threads and refdcn does not multiply them by its own: every slice runs in the
+    calling thread."""
+    from refdcn import driver
+    a, b = _matmul_operands()
     callers = set()
-    monkeypatch.setattr(parallel, "_blas_libraries", [])              # as without threadpoolctl
+    monkeypatch.setattr(parallel, "_blas_libraries", [])              # as with an unknown BLAS
     monkeypatch.setattr(parallel, "run", lambda n, task, threads=None: (
         callers.add(threads), [task(i) for i in range(n)]))
-    whole = np.zeros_like(split)
-    driver.numpy_matmul(a, b, whole, trans_b=True)
+    out = np.empty((6, 64, 3000), np.float32)
+    driver.numpy_matmul(a, b, out, trans_b=True)
     assert callers == {1}
-    assert np.array_equal(split, whole)
+    for z in range(6):
+        _assert_within_product_bound(out[z], [(a[z % 2], b[z].T)])

@@ -72,7 +72,8 @@ class StepClock:
 
 def _gemm_flops(a, b, out, trans_a=False, trans_b=False, accumulate=False):
     inner = a.shape[-2] if trans_a else a.shape[-1]
-    return 2.0 * out.shape[0] * out.shape[1] * out.shape[2] * inner
+    products = max(a.shape[0], b.shape[0], out.shape[0])
+    return 2.0 * products * out.shape[1] * out.shape[2] * inner
 
 
 def _timed(function, step, clock, gemm=False):

@@ -134,10 +134,17 @@ def gemm_engine(macs):
 
 
 def matmul(a, b, out, trans_a=False, trans_b=False, accumulate=False):
-    """``out[z] = op(a[z]) @ op(b[z])`` (``+=`` with ``accumulate``) for 3-D C-contiguous
-    device arrays; ``op`` transposes when asked (the :mod:`refdcn.driver` contract)."""
-    c, ta, tb = out, bool(trans_a), bool(trans_b)
-    accumulate = bool(accumulate)
+    """Products of 3-D device stacks, the :mod:`refdcn.driver` contract
+    (``out[z % len(out)] (+)= op(a[z % len(a)]) @ op(b[z % len(b)])``): each chunk of
+    equal stacks (:func:`refdcn.driver.stack_chunks`) is one launch (or cuBLAS loop);
+    ``op`` transposes when asked."""
+    from ...driver import stack_chunks
+    for ai, bi, ci in stack_chunks(a, b, out):
+        _equal_stacks(ai, bi, ci, trans_a, trans_b, accumulate)
+
+
+def _equal_stacks(a, b, c, trans_a, trans_b, accumulate):
+    ta, tb, accumulate = bool(trans_a), bool(trans_b), bool(accumulate)
     M, N = c.shape[1], c.shape[2]
     kd = a.shape[1] if ta else a.shape[2]
     if gemm_engine(c.shape[0] * M * N * kd) == "cublas":
