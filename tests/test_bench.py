@@ -140,3 +140,37 @@ def test_profile_table_through_the_cli(capsys):
     assert len(rows) == 2 and all(r.split()[1] == "numpy" for r in rows)   # forward, backward
     for step in ("API", "im2col", "GEMM", "col2im", "coord grads", "driver"):
         assert step in out
+
+
+def test_first_call_process_times_the_readme_example(tmp_path):
+    """``bench --first-call``'s measuring process: a real fresh process of the numpy backend
+    (no JIT) reports import <= forward <= backward, from the process start."""
+    from refdcn.benchmarks import first_call
+    record = first_call.measure("numpy", str(tmp_path))
+    assert record["backend"] == "numpy"
+    assert 0 < record["import_s"] <= record["forward_s"] <= record["backward_s"]
+
+
+def test_first_call_table_and_verdict(capsys, tmp_path, monkeypatch):
+    """The table has a cold and a warm row per backend, ``auto`` first (named by what it
+    resolves to), and the verdict compares auto's cold first forward with the target."""
+    from refdcn.benchmarks import first_call
+    seen = []
+
+    def fake(backend, cache_dir):
+        seen.append((backend, cache_dir))
+        cold = sum(1 for b, _ in seen if b == backend) == 1
+        forward = first_call.TARGET_S + (1.0 if cold and backend == "auto" else -1.5)
+        return dict(backend="numba" if backend == "auto" else backend, import_s=0.1,
+                    forward_s=forward, backward_s=forward + 1)
+    monkeypatch.setattr(first_call, "measure", fake)
+    path = tmp_path / "first.json"
+    assert main(["bench", "--first-call", "--backend", "numpy", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert [b for b, _ in seen] == ["auto", "auto", "numpy", "numpy"]
+    assert seen[0][1] == seen[1][1] != seen[2][1] == seen[3][1]      # warm reuses cold's cache
+    rows = [line.split()[:3] for line in out.splitlines() if line.split()[-1:] != []
+            and line.split()[0] in ("auto", "numpy")]
+    assert rows[:2] == [["auto", "(numba)", "cold"], ["auto", "(numba)", "warm"]]
+    assert "misses the 2 s target" in out
+    assert json.loads(path.read_text())["records"][0]["cache"] == "cold"

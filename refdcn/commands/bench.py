@@ -68,6 +68,10 @@ def add_arguments(parser):
                              "loaded and running first, numba.set_num_threads() called first, "
                              "or one CPU kept busy by another process (repeatable; 'all': every "
                              "context available here); prints the times side by side")
+    parser.add_argument("--first-call", action="store_true",
+                        help="time the first forward and backward of backend='auto' and of "
+                             "each backend in fresh processes, with an empty Numba cache "
+                             "(cold) and then a filled one (warm), instead of the speed table")
 
 
 def _check_positive(value, name, minimum=1):
@@ -230,6 +234,14 @@ def run(args):
         return 0
     if args.beside and (cpu_requested is None or cpu_requested):
         return _run_beside(args, shapes, repeats, warmup, cpu_requested)
+    if args.first_call:
+        from ..benchmarks import first_call
+        try:
+            first_call.run_first_call(_cpu_backends(cpu_requested), json_path=args.json)
+        except RuntimeError as exc:
+            print(f"refdcn bench: {exc}", file=sys.stderr)
+            return 1
+        return 0
     if cpu_requested is None or cpu_requested:
         names = _cpu_backends(cpu_requested)
         settings = cpu.Settings(shapes=[tuple(s) for s in shapes], backends=names,
