@@ -113,6 +113,7 @@ Optional declarations and hooks (defaults: NumPy host arrays):
 
 from collections import namedtuple
 from dataclasses import dataclass
+import functools
 import inspect
 import numbers
 import os
@@ -222,6 +223,10 @@ Tile = namedtuple("Tile", ["start", "stop", "row0", "row1"])
 def plan(ks, geom, itemsize, limit=None):
     """The tiles of one call, in order (see the module docstring).
 
+    Remembered for the last few distinct arguments (with the thread count,
+    which a kernel set's workspace may depend on, and
+    :data:`TILE_COLUMN_BYTES`): a layer called again and again plans once.
+
     Parameters
     ----------
     ks : KernelSet
@@ -234,12 +239,17 @@ def plan(ks, geom, itemsize, limit=None):
 
     Returns
     -------
-    list of Tile
+    tuple of Tile
     """
     limit = column_memory() if limit is None else limit
+    return _plan(ks, geom, itemsize, limit, TILE_COLUMN_BYTES, parallel.num_threads())
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(ks, geom, itemsize, limit, tile_column_bytes, threads):
     row_bytes = max(1, geom.in_channels * geom.taps * geom.out_w * itemsize)
-    fixed_rows = (geom.out_h if row_bytes * geom.out_h <= TILE_COLUMN_BYTES
-                  else max(1, TILE_COLUMN_BYTES // row_bytes))
+    fixed_rows = (geom.out_h if row_bytes * geom.out_h <= tile_column_bytes
+                  else max(1, tile_column_bytes // row_bytes))
 
     def fits(images, rows):
         tile = geom.output_rows(images, 0, rows)
@@ -248,11 +258,11 @@ def plan(ks, geom, itemsize, limit=None):
 
     if fixed_rows == geom.out_h and fits(1, geom.out_h):
         size = _largest(lambda n: fits(n, geom.out_h), geom.batch)
-        return [Tile(s, min(geom.batch, s + size), 0, geom.out_h)
-                for s in range(0, geom.batch, size)]
+        return tuple(Tile(s, min(geom.batch, s + size), 0, geom.out_h)
+                     for s in range(0, geom.batch, size))
     rows = fixed_rows if fits(1, fixed_rows) else _largest(lambda r: fits(1, r), fixed_rows)
-    return [Tile(b, b + 1, r0, min(geom.out_h, r0 + rows))
-            for b in range(geom.batch) for r0 in range(0, geom.out_h, rows)]
+    return tuple(Tile(b, b + 1, r0, min(geom.out_h, r0 + rows))
+                 for b in range(geom.batch) for r0 in range(0, geom.out_h, rows))
 
 
 def split_bytes(tile, itemsize):
