@@ -14,11 +14,18 @@
 #
 # Types: coordinates and fractions are double (as in Python, where they are
 # floats), indices Py_ssize_t, flags bint; ``plane`` is a C-contiguous typed
-# memoryview of the compute dtype (float or double), read only.
+# memoryview of the compute dtype (float or double), read only; the corner values of
+# interpolate_gradient keep their dtype (``value_t``: float or double), like NumPy scalars.
 
 from libc.math cimport floor
 
 ctypedef fused real:
+    float
+    double
+
+# The dtype of corner values where a function subtracts them (interpolate_gradient): a
+# fused type of its own, so that a caller fused over ``real`` may pass doubles.
+ctypedef fused value_t:
     float
     double
 
@@ -100,8 +107,11 @@ cdef inline double interpolate(double v00, double v01, double v10, double v11,
     return weighted_sum(v00, v01, v10, v11, w00, w01, w10, w11)
 
 
-cdef inline (double, double) interpolate_gradient(double v00, double v01, double v10, double v11,
-                                                  double ly, double lx) noexcept nogil:
+cdef inline (double, double) interpolate_gradient(value_t v00, value_t v01, value_t v10,
+                                                  value_t v11, double ly,
+                                                  double lx) noexcept nogil:
+    # value_t: the corners' own dtype, as the Python function on NumPy scalars (and the Numba
+    # kernels): the differences v10 - v00... are rounded to it, the products are double
     cdef double d_dy = (1.0 - lx) * (v10 - v00) + lx * (v11 - v01)
     cdef double d_dx = (1.0 - ly) * (v01 - v00) + ly * (v11 - v10)
     return d_dy, d_dx

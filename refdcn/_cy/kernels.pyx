@@ -1,71 +1,57 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False
-"""The column kernels of the ``"cython"`` backend (see :mod:`refdcn.blocking`).
+"""The column kernels of the ``"cython"`` backend: channels last, over task ranges, no OpenMP.
 
-Three kernels, each for float32 and float64 (the fused type ``real``)::
+The same kernels as :mod:`refdcn.backends.numba_cpu` (read its docstring: the
+padded channels-last planes, the ``"channels_last"`` column layout of
+:mod:`refdcn.driver`, the zero border, the tasks), compiled by Cython from
+the same operations in the same order, so that the results are bitwise those
+of the ``"numba"`` backend (``tests/test_cython.py``)::
 
-    im2col_into(input, offset, mask, has_mask, columns, geom)
-    col2im_into(grad_columns, offset, mask, has_mask, grad_input, geom)
-    coordinate_gradients_into(grad_columns, input, offset, mask, has_mask, convention,
-                              grad_offset, grad_mask, geom)
+    channels_last(input, padded, first, last)
+    im2col(padded, offset, mask, has_mask, geo, columns, chunk, first, last)
+    col2im(grad_columns, offset, mask, has_mask, geo, grad_input, block, scratch, first, last)
+    coordinate_gradients(grad_columns, padded, offset, mask, has_mask, geo, closed,
+                         grad_offset, grad_mask, has_grad_mask, chunk, first, last)
 
-Shapes (``B`` images of the block, ``K = kh*kw``, ``P = H_out*W_out``,
-``D`` offset groups): input / grad_input (B, C_in, H, W); offset /
-grad_offset (B, 2*D*K, P); mask / grad_mask (B, D*K, P); columns /
-grad_columns (B, C_in*K, P).  All C-contiguous in the compute dtype; the
-output arrays are overwritten.  ``mask`` is ignored when ``has_mask`` is
-false (pass any array of the right dtype).
+Shapes (``B`` images of the block, ``K`` taps, ``P`` output pixels, ``D``
+offset groups, ``G`` groups, ``Cg = C_in/G``): input / grad_input (B, C_in,
+H, W); padded (B, (H+3)*(W+3), C_stride), pixel ``(y, x)`` in row
+``(y+2)*(W+3) + x+2``; offset / grad_offset (B, 2*D*K, P); mask / grad_mask
+(B, D*K, P); columns / grad_columns (B, G, P, K*Cg), ``[b, g, p, k*Cg + cl]``
+for channel ``g*Cg + cl``; scratch (tasks, (H+3)*(W+3), stride >= block)
+float64.  All C-contiguous in the compute dtype (the fused type ``real``),
+outputs overwritten; ``mask`` / ``grad_mask`` are not touched when
+``has_mask`` / ``has_grad_mask`` is false (pass any array of the dtype);
+``geo`` is a :class:`refdcn.geometry.KernelGeometry`.
 
-How they are organised
-----------------------
-A *sampling point* is one (image, offset group, tap, output pixel).  Its
-location -- :func:`sampling_point`, :func:`locate`, :func:`corner_weights`,
-the mask -- is computed once, into a small table (``Point``), and reused by
-every channel of its offset group.  All scalar math comes from
-``bilinear.pxd``, the mirror of :mod:`refdcn.bilinear`, also in the inner
-loops: im2col calls :func:`weighted_sum` (the last step of
-:func:`interpolate`) on the four corners, col2im adds to the four
-``(row, col, weight)`` targets of :func:`weighted_targets` (the last step of
-:func:`scatter_corners`, the adjoint), the
-coordinate gradients call :func:`interpolate_gradient` and :func:`weighted_sum`
-(interpolate).  These are ``inline nogil`` C functions, so the compiler
-sees the arithmetic as if written in place.  im2col's columns are bitwise
-those of the "numpy" backend (same functions, double precision, same order).
+Each kernel is a ``def`` function over the tasks ``[first, last)`` whose body
+runs ``with nogil``: :mod:`refdcn.backends.cython_cpu` hands the ranges to
+refdcn's own threads (:func:`refdcn.backends._tasks.run`, the dispatch of the
+numba backend too).  Tasks: (image, ``chunk`` output pixels) for im2col and
+the coordinate gradients, (image, ``block`` channels) for col2im, (image,
+padded row) for ``channels_last``.  Every task writes only its own outputs
+and its own scratch (col2im's ``scratch[t]``; the coordinate gradients'
+terms, allocated per call), so the results are the same for every range,
+thread and thread count.
 
-Corner reads go to a *padded* copy of each image plane: two zero rows/columns
-before and one after, shape (H+3, W+3).  Every corner :func:`locate` can
-return -- ``OUTSIDE = -2`` for inactive and NaN points, ``-1 .. H-1`` for
-active ones -- then has its 2x2 block inside the padded plane, so the inner
-loops read four values without a test, and a corner outside the image reads
-exactly 0, which is what :func:`corners` returns for it.  Huge, infinite and
-NaN offsets never become an index other than ``OUTSIDE``.
-
-Parallel structure (OpenMP ``prange`` with dynamic scheduling when compiled
-with it, serial loops from the same source otherwise):
-
-* im2col and the coordinate gradients: over *tiles* (image, offset group,
-  ``TILE`` output pixels); a tile fills its table, then sweeps it once per
-  channel of the group (one channel's plane stays in L1).  The coordinate
-  gradients call :func:`interpolate_gradient` (and, with a mask,
-  :func:`interpolate`) per channel and point, and accumulate their products
-  with the column gradient over the channels (in channel order, in double
-  precision); the mask multiplies the channel sum.
-* col2im: per image, the table of all its points (in pixel chunks if it
-  would exceed ``COL2IM_TABLE_BYTES``), filled in parallel; then parallel over
-  input channels: each plane is scattered by exactly one thread, in the fixed
-  order (chunk, tap, pixel), so the scatter is race-free and deterministic.
-
-Every image is computed on its own and every sum has a fixed order, so results
-are bitwise identical for every block size and every number of threads.
-
-Idle OpenMP threads should sleep rather than spin (``OMP_WAIT_POLICY=PASSIVE``,
-set by :mod:`refdcn.backends.cython_cpu` while it imports this module): the
-matrix products between the kernels need the cores.
+The scalar math is ``bilinear.pxd``, the mirror of :mod:`refdcn.bilinear`:
+:func:`sampling_point` and :func:`locate` once per sample (image, offset
+group, tap, pixel), :func:`corner_weights` once per sample too, then a
+contiguous loop over the channels: im2col calls :func:`weighted_sum` (the
+last step of :func:`interpolate`), col2im adds to the four ``(row, col,
+weight)`` targets of :func:`weighted_targets` (the last step of
+:func:`scatter_corners`), the coordinate gradients call
+:func:`interpolate_gradient` and :func:`interpolate`.  Precision: sampling
+coordinates, bilinear products and channel sums in double (the coordinate
+gradients' channel sums in the fixed order of :func:`_fixed_order_sum`),
+rounded once to the compute dtype.  Non-finite values follow the IEEE rule of
+the loop reference: a corner outside the image reads the zero border (never
+``0 * inf``), a NaN point reads nothing and gives NaN.
 """
 
-from cython.parallel cimport prange, threadid
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
 
 from refdcn._cy.bilinear cimport (BORDER_TORCHVISION, OUTSIDE, Target, bilinear_gradient,
                                   bilinear_sample, corner_weights, corners, in_image,
@@ -73,391 +59,363 @@ from refdcn._cy.bilinear cimport (BORDER_TORCHVISION, OUTSIDE, Target, bilinear_
                                   sampling_point, scaled_sampling_point, scatter_add,
                                   scatter_corners, weighted_sum, weighted_targets)
 
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    #define REFDCN_OPENMP_ON 1
-    static int refdcn_max_threads(void) { return omp_get_max_threads(); }
-    #else
-    #define REFDCN_OPENMP_ON 0
-    static int refdcn_max_threads(void) { return 1; }
-    #endif
-    """
-    int REFDCN_OPENMP_ON
-    int refdcn_max_threads() noexcept nogil
-
-#: Whether this build runs its loops in parallel with OpenMP.
-OPENMP = bool(REFDCN_OPENMP_ON)
-
 cdef enum:
     # zero rows/columns of the padded planes before (= -OUTSIDE) and after the image
+    # (refdcn.backends._tasks.PAD_BEFORE, PAD_AFTER)
     PAD_BEFORE = 2
     PAD_AFTER = 1
-
-#: Output pixels per tile: one work item of im2col and of the coordinate gradients.
-cdef Py_ssize_t TILE = 256
-#: Bytes of sampling table col2im may hold for one image (it splits the pixels if more).
-cdef Py_ssize_t COL2IM_TABLE_BYTES = 16 * 2**20
-
-
-def max_threads():
-    """Threads a parallel loop uses (1 for a serial build)."""
-    return refdcn_max_threads()
-
-
-def _set_tile(Py_ssize_t pixels):
-    """Set the tile size in output pixels (tests use small tiles); returns the old one."""
-    global TILE
-    if pixels < 1:
-        raise ValueError(f"pixels must be >= 1; got {pixels}")
-    old, TILE = TILE, pixels
-    return old
-
-
-def _set_col2im_table_bytes(Py_ssize_t nbytes):
-    """Set col2im's table budget per image (tests use tiny ones); returns the old one."""
-    global COL2IM_TABLE_BYTES
-    if nbytes < 1:
-        raise ValueError(f"nbytes must be >= 1; got {nbytes}")
-    old, COL2IM_TABLE_BYTES = COL2IM_TABLE_BYTES, nbytes
-    return old
 
 
 cdef struct Geom:
     # the fields of refdcn.geometry.KernelGeometry that the kernels read (same names), and
-    # the padded planes: Hp = height + 3 rows, Wp = width + 3 columns, plane = Hp * Wp
-    Py_ssize_t batch, in_channels, height, width, offset_groups, taps, kw
+    # Wp = width + 3, the row length of the padded planes
+    Py_ssize_t in_channels, height, width, offset_groups, taps, kw
     Py_ssize_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
-    Py_ssize_t out_w, out_pixels, in_per_offset_group, Hp, Wp, plane
+    Py_ssize_t out_w, in_per_group, in_per_offset_group, Wp
 
 
-cdef struct Point:
-    # one sampling point (image, offset group, tap, output pixel): what every channel reuses
-    Py_ssize_t idx          # flat index of the floor corner (y0, x0) in a padded plane
-    double ly, lx           # fractional parts (locate)
-    double w00, w01, w10, w11   # corner weights (corner_weights)
-    double m                # the mask, 1 without one
-
-
-cdef Geom _geom(geom, Py_ssize_t batch) except *:
-    """The sizes of a :class:`refdcn.geometry.Geometry` as a C struct (``batch`` images)."""
-    cdef Geom geo
-    geo.batch = batch
-    geo.in_channels = geom.in_channels
-    geo.height = geom.height
-    geo.width = geom.width
-    geo.offset_groups = geom.offset_groups
-    geo.taps = geom.taps
-    geo.kw = geom.kw
-    geo.stride_h = geom.stride[0]
-    geo.stride_w = geom.stride[1]
-    geo.pad_h = geom.padding[0]
-    geo.pad_w = geom.padding[1]
-    geo.dilation_h = geom.dilation[0]
-    geo.dilation_w = geom.dilation[1]
-    geo.out_w = geom.out_w
-    geo.out_pixels = geom.out_pixels
-    geo.in_per_offset_group = geom.in_per_offset_group
-    geo.Hp = geom.height + PAD_BEFORE + PAD_AFTER
-    geo.Wp = geom.width + PAD_BEFORE + PAD_AFTER
-    geo.plane = geo.Hp * geo.Wp
-    return geo
+cdef Geom _geom(geo) except *:
+    """The fields of a :class:`refdcn.geometry.KernelGeometry` as a C struct."""
+    cdef Geom g
+    g.in_channels = geo.in_channels
+    g.height = geo.height
+    g.width = geo.width
+    g.offset_groups = geo.offset_groups
+    g.taps = geo.taps
+    g.kw = geo.kw
+    g.stride_h = geo.stride_h
+    g.stride_w = geo.stride_w
+    g.pad_h = geo.pad_h
+    g.pad_w = geo.pad_w
+    g.dilation_h = geo.dilation_h
+    g.dilation_w = geo.dilation_w
+    g.out_w = geo.out_w
+    g.in_per_group = geo.in_per_group
+    g.in_per_offset_group = geo.in_per_offset_group
+    g.Wp = geo.width + PAD_BEFORE + PAD_AFTER
+    return g
 
 
 # --------------------------------------------------------------------------- shared steps
 
-cdef void _fill(Point* pts, Py_ssize_t row, const real[:, :, ::1] offset,
-                const real[:, :, ::1] mask, bint has_mask, Py_ssize_t b, Py_ssize_t d,
-                Py_ssize_t t0, Py_ssize_t n, Geom* geo, bint closed) noexcept nogil:
-    """The sampling points of taps 0..K-1 and pixels t0..t0+n-1: ``pts[k*row + q]``.
+cdef inline (Py_ssize_t, double, double) _sample(const real[:, :, ::1] offset, Py_ssize_t b,
+                                                 Py_ssize_t kk, Py_ssize_t p, Py_ssize_t k,
+                                                 Geom* geo, bint closed) noexcept nogil:
+    """Locate the sample of tap ``k`` (offset channels ``2*kk``, ``2*kk+1``) of pixel ``p``.
 
-    ``closed``: locate's ``closed_at_minus_one``.  Serial (called inside
-    parallel loops).
+    Returns ``(q, ly, lx)``: the row of the floor corner in the padded
+    channels-last image (inactive and NaN points: the all-zero rows of
+    ``OUTSIDE``), and the fractional parts.
     """
-    cdef Py_ssize_t k, q, p, i, j, oy, ox, kk, y0, x0
+    cdef Py_ssize_t oy = p // geo.out_w
+    cdef Py_ssize_t ox = p - oy * geo.out_w
+    cdef Py_ssize_t i = k // geo.kw
+    cdef Py_ssize_t j = k - i * geo.kw
+    cdef Py_ssize_t y0, x0
     cdef double y, x, ly, lx
     cdef bint active
-    cdef Point* pt
-    for k in range(geo.taps):
-        i = k // geo.kw
-        j = k - i * geo.kw
-        kk = d * geo.taps + k
-        for q in range(n):
-            p = t0 + q
-            oy = p // geo.out_w
-            ox = p - oy * geo.out_w
-            y = sampling_point(oy, geo.stride_h, geo.pad_h, i, geo.dilation_h,
-                               offset[b, 2 * kk, p])
-            x = sampling_point(ox, geo.stride_w, geo.pad_w, j, geo.dilation_w,
-                               offset[b, 2 * kk + 1, p])
-            active, y0, x0, ly, lx = locate(y, x, geo.height, geo.width, closed)
-            pt = pts + k * row + q
-            # inactive and NaN points have y0 = x0 = OUTSIDE: the all-zero corner block
-            pt.idx = (y0 + PAD_BEFORE) * geo.Wp + (x0 + PAD_BEFORE)
-            pt.ly = ly
-            pt.lx = lx
-            pt.w00, pt.w01, pt.w10, pt.w11 = corner_weights(ly, lx)
-            pt.m = mask[b, kk, p] if has_mask else 1.0
+    y = sampling_point(oy, geo.stride_h, geo.pad_h, i, geo.dilation_h, offset[b, 2 * kk, p])
+    x = sampling_point(ox, geo.stride_w, geo.pad_w, j, geo.dilation_w, offset[b, 2 * kk + 1, p])
+    active, y0, x0, ly, lx = locate(y, x, geo.height, geo.width, closed)
+    return (y0 + PAD_BEFORE) * geo.Wp + (x0 + PAD_BEFORE), ly, lx
 
 
-cdef inline void _scatter(double* corner, Target target, Py_ssize_t Wp, double value) noexcept nogil:
-    """``corner[row, col] += weight * value`` for one ``(row, col, weight)`` of scatter_corners.
+cdef inline (Py_ssize_t, Py_ssize_t, Py_ssize_t) _segment(Py_ssize_t c, Py_ssize_t end,
+                                                          Py_ssize_t k,
+                                                          Py_ssize_t in_per_group) noexcept nogil:
+    """The run of channels ``[c, stop)`` of one convolution group, and its column.
 
-    ``corner`` points at the floor corner of a point in a padded plane (row
-    length ``Wp``), and the target is relative to it (scatter_corners called
-    or weighted_targets with ``y0 = x0 = 0``).  Every corner locate can return lies inside the
-    padded plane; what lands on its border (outside the image) is dropped later.
+    Returns ``(g, stop, col)``: group ``g`` of channel ``c``, the end of the run
+    (at most ``end``), and the column of ``(tap k, channel c)`` in group ``g``'s
+    block of the column matrix.
     """
-    corner[target[0] * Wp + target[1]] += target[2] * value
+    cdef Py_ssize_t g = c // in_per_group
+    return g, min(end, (g + 1) * in_per_group), k * in_per_group + c - g * in_per_group
 
 
-cdef inline (Py_ssize_t, Py_ssize_t) _tiling(Py_ssize_t pixels) noexcept nogil:
-    """(output pixels per tile ``T``, number of tiles) for ``pixels`` output pixels."""
-    cdef Py_ssize_t T = max(1, min(TILE, pixels))
-    return T, (pixels + T - 1) // T
+cdef inline double _fixed_order_sum(const double* terms, Py_ssize_t n) noexcept nogil:
+    """Sum of ``terms[0 .. n-1]`` in a fixed order: eight interleaved partial sums.
 
-
-cdef inline (Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) _tile(
-        Py_ssize_t it, Py_ssize_t ntiles, Py_ssize_t T, Geom* geo) noexcept nogil:
-    """Work item ``it`` of im2col and the coordinate gradients: (image ``b``, offset
-    group ``d``, first output pixel ``t0``, output pixels ``n``), image-major."""
-    cdef Py_ssize_t t0 = (it % ntiles) * T
-    return (it // (geo.offset_groups * ntiles), (it // ntiles) % geo.offset_groups, t0,
-            min(T, geo.out_pixels - t0))
-
-
-cdef void _pad(const real[:, :, :, ::1] input, real* padded, Geom* geo) noexcept nogil:
-    """Copy every plane of ``input`` into the interior of its padded plane (borders stay 0)."""
-    cdef Py_ssize_t bc, yy
-    for bc in prange(geo.batch * geo.in_channels, schedule="static"):
-        for yy in range(geo.height):
-            memcpy(padded + bc * geo.plane + (yy + PAD_BEFORE) * geo.Wp + PAD_BEFORE,
-                   &input[bc // geo.in_channels, bc % geo.in_channels, yy, 0],
-                   geo.width * sizeof(real))
-
-
-cdef void* _alloc(size_t nbytes) except NULL:
-    """``nbytes`` of zeroed scratch memory (free with ``free``)."""
-    cdef void* p = malloc(nbytes if nbytes else 1)
-    if p == NULL:
-        raise MemoryError(f"cannot allocate {nbytes} bytes of scratch memory")
-    memset(p, 0, nbytes)
-    return p
-
-
-# --------------------------------------------------------------------------- im2col
-
-def im2col_into(const real[:, :, :, ::1] input, const real[:, :, ::1] offset,
-                const real[:, :, ::1] mask, bint has_mask, real[:, :, ::1] columns, geom):
-    """Deformable im2col: ``columns[b, c*K + k, p] = m * S(input[b, c], y, x)``.
-
-    Shapes: input (B, C_in, H, W), offset (B, 2*D*K, P), mask (B, D*K, P),
-    columns (B, C_in*K, P) (written).  Parallel over tiles (image, offset
-    group, pixels t0..t0+T-1); each fills its table once and serves the
-    group's channels from it.
+    ``s_r = terms[r] + terms[r + 8] + ...`` for ``r < 8`` over the whole
+    blocks of eight, combined as ``((s0+s1)+(s2+s3)) + ((s4+s5)+(s6+s7))``,
+    then the tail in order (the order of the numba backend's ``_fixed_order_sum``).
     """
-    cdef Geom geo = _geom(geom, input.shape[0])
-    cdef Py_ssize_t T, ntiles
-    T, ntiles = _tiling(geo.out_pixels)
-    cdef Py_ssize_t it, b, d, t0, n, c, k, q, ii, Wp = geo.Wp
+    cdef Py_ssize_t whole = n - n % 8, u
+    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0, s4 = 0.0, s5 = 0.0, s6 = 0.0
+    cdef double s7 = 0.0, total
+    for u in range(0, whole, 8):
+        s0 += terms[u]
+        s1 += terms[u + 1]
+        s2 += terms[u + 2]
+        s3 += terms[u + 3]
+        s4 += terms[u + 4]
+        s5 += terms[u + 5]
+        s6 += terms[u + 6]
+        s7 += terms[u + 7]
+    total = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    for u in range(whole, n):
+        total += terms[u]
+    return total
+
+
+# --------------------------------------------------------------------------- kernels
+
+def channels_last(const real[:, :, :, ::1] input, real[:, :, ::1] padded, Py_ssize_t first,
+                  Py_ssize_t last):
+    """``padded[b, (y+2)*(W+3) + x+2, c] = input[b, c, y, x]``, zero border.
+
+    Tasks: (image ``b``, padded row ``yy``), ``t = b*(H+3) + yy``; channels
+    ``C .. C_stride`` are left unset.
+    """
+    cdef Py_ssize_t C = input.shape[1], H = input.shape[2], W = input.shape[3]
+    cdef Py_ssize_t Wp = W + PAD_BEFORE + PAD_AFTER, S = padded.shape[2]
+    cdef Py_ssize_t Hp = padded.shape[1] // Wp
+    cdef Py_ssize_t t, b, yy, y, x, c
+    cdef real* row
+    cdef const real* src
+    with nogil:
+        for t in range(first, last):
+            b = t // Hp
+            yy = t - b * Hp
+            row = &padded[b, yy * Wp, 0]
+            y = yy - PAD_BEFORE
+            if y < 0 or y >= H:
+                for x in range(Wp):
+                    for c in range(C):
+                        row[x * S + c] = 0
+                continue
+            for x in range(PAD_BEFORE):
+                for c in range(C):
+                    row[x * S + c] = 0
+            for x in range(W + PAD_BEFORE, Wp):
+                for c in range(C):
+                    row[x * S + c] = 0
+            for c in range(C):
+                src = &input[b, c, y, 0]
+                for x in range(W):
+                    row[(x + PAD_BEFORE) * S + c] = src[x]
+
+
+def im2col(const real[:, :, ::1] padded, const real[:, :, ::1] offset,
+           const real[:, :, ::1] mask, bint has_mask, geo, real[:, :, :, ::1] columns,
+           Py_ssize_t chunk, Py_ssize_t first, Py_ssize_t last):
+    """``columns[b, g, p, k*Cg + cl] = m * interpolate(corners of channel g*Cg + cl)``.
+
+    Tasks: (image ``b``, output pixels ``[i*chunk, (i+1)*chunk)``),
+    ``t = b*chunks + i``.  Per sample: located once, its corner weights once,
+    then :func:`weighted_sum` over the contiguous channels of its offset group
+    (split by convolution group), in double, times the mask, rounded once.
+    """
+    cdef Geom g_ = _geom(geo)
+    cdef Geom* gm = &g_
+    cdef Py_ssize_t P = columns.shape[2], S = padded.shape[2], Wp = g_.Wp
+    cdef Py_ssize_t K = g_.taps, D = g_.offset_groups
+    cdef Py_ssize_t ipg = g_.in_per_group, ipog = g_.in_per_offset_group
+    cdef Py_ssize_t chunks = (P + chunk - 1) // chunk
+    cdef Py_ssize_t t, b, p0, p, d, k, kk, q, c, end, g, stop, col, u, n
+    cdef double ly, lx, w00, w01, w10, w11, m
+    cdef const real* r00
+    cdef const real* r01
+    cdef const real* r10
+    cdef const real* r11
+    cdef real* dst
+    with nogil:
+        for t in range(first, last):
+            b = t // chunks
+            p0 = (t - b * chunks) * chunk
+            for p in range(p0, min(P, p0 + chunk)):
+                for d in range(D):
+                    for k in range(K):
+                        kk = d * K + k
+                        q, ly, lx = _sample(offset, b, kk, p, k, gm, False)
+                        w00, w01, w10, w11 = corner_weights(ly, lx)
+                        c = d * ipog
+                        end = c + ipog
+                        while c < end:       # the channels of offset group d, split by group
+                            g, stop, col = _segment(c, end, k, ipg)
+                            n = stop - c
+                            r00 = &padded[b, q, c]
+                            r01 = r00 + S
+                            r10 = r00 + Wp * S
+                            r11 = r10 + S
+                            dst = &columns[b, g, p, col]
+                            if has_mask:
+                                m = mask[b, kk, p]
+                                for u in range(n):
+                                    dst[u] = <real>(m * weighted_sum(r00[u], r01[u], r10[u],
+                                                                     r11[u], w00, w01, w10, w11))
+                            else:
+                                for u in range(n):
+                                    dst[u] = <real>weighted_sum(r00[u], r01[u], r10[u], r11[u],
+                                                                w00, w01, w10, w11)
+                            c = stop
+
+
+def col2im(const real[:, :, :, ::1] grad_columns, const real[:, :, ::1] offset,
+           const real[:, :, ::1] mask, bint has_mask, geo, real[:, :, :, ::1] grad_input,
+           Py_ssize_t block, double[:, :, ::1] scratch, Py_ssize_t first, Py_ssize_t last):
+    """Scatter ``m * grad_columns`` times the corner weights; writes ``grad_input``.
+
+    Tasks: (image ``b``, input channels ``[i*block, (i+1)*block)``),
+    ``t = b*blocks + i``.  Task ``t`` accumulates into its own float64
+    padded plane ``scratch[t]`` (channel ``c`` in column ``c - c0``), in the
+    fixed order (pixel, offset group, tap), to the four targets of
+    :func:`weighted_targets`, then writes the interior of its channels (the
+    border collected what fell outside the image, and NaN points, and is
+    dropped).  No two tasks share an output: race-free and deterministic.
+    """
+    cdef Geom g_ = _geom(geo)
+    cdef Geom* gm = &g_
+    cdef Py_ssize_t C = g_.in_channels, height = g_.height, width = g_.width, Wp = g_.Wp
+    cdef Py_ssize_t P = grad_columns.shape[2], S = scratch.shape[2], rows = scratch.shape[1]
+    cdef Py_ssize_t K = g_.taps, D = g_.offset_groups
+    cdef Py_ssize_t ipg = g_.in_per_group, ipog = g_.in_per_offset_group
+    cdef Py_ssize_t blocks = (C + block - 1) // block
+    cdef Py_ssize_t t, b, c0, c1, p, d, k, kk, q, c, end, g, stop, col, u, n, y, x
+    cdef double ly, lx, w00, w01, w10, w11, v, m
+    cdef Target t00, t01, t10, t11
+    cdef double* acc
+    cdef double* a00
+    cdef double* a01
+    cdef double* a10
+    cdef double* a11
+    cdef const double* arow
     cdef const real* src
     cdef real* dst
-    cdef Point* pts
-    cdef Point* pk
-    cdef double v
-    cdef real* padded = NULL
-    cdef Point* tables = NULL
-    try:
-        padded = <real*>_alloc(geo.batch * geo.in_channels * geo.plane * sizeof(real))
-        tables = <Point*>_alloc(refdcn_max_threads() * geo.taps * T * sizeof(Point))
-        with nogil:
-            _pad(input, padded, &geo)
-            for it in prange(geo.batch * geo.offset_groups * ntiles, schedule="dynamic"):
-                b, d, t0, n = _tile(it, ntiles, T, &geo)
-                pts = tables + threadid() * geo.taps * T
-                _fill(pts, n, offset, mask, has_mask, b, d, t0, n, &geo, False)
-                for c in range(d * geo.in_per_offset_group, (d + 1) * geo.in_per_offset_group):
-                    src = padded + (b * geo.in_channels + c) * geo.plane
-                    for k in range(geo.taps):
-                        dst = &columns[b, c * geo.taps + k, t0]
-                        pk = pts + k * n
-                        for q in range(n):
-                            # interpolate, with the point's corner_weights computed once
-                            # for all channels: corners (y0, x0), (y0, x0+1), (y0+1, x0),
-                            # (y0+1, x0+1) times their weights
-                            ii = pk[q].idx
-                            v = weighted_sum(src[ii], src[ii + 1], src[ii + Wp], src[ii + Wp + 1],
-                                             pk[q].w00, pk[q].w01, pk[q].w10, pk[q].w11)
-                            dst[q] = <real>(pk[q].m * v)
-    finally:
-        free(padded)
-        free(tables)
-
-
-# --------------------------------------------------------------------------- col2im
-
-def col2im_into(const real[:, :, ::1] grad_columns, const real[:, :, ::1] offset,
-                const real[:, :, ::1] mask, bint has_mask, real[:, :, :, ::1] grad_input, geom):
-    """Adjoint of :func:`im2col_into`: ``grad_input[b, c, corner] += m * w_ab * grad_columns``.
-
-    Shapes: grad_columns (B, C_in*K, P), offset (B, 2*D*K, P), mask (B, D*K, P),
-    grad_input (B, C_in, H, W) (overwritten).  Per image (and chunk of pixels,
-    if its table would exceed ``COL2IM_TABLE_BYTES``): first the table of every
-    sampling point, in parallel; then parallel over input channels, each
-    channel's plane scattered by one thread in the fixed order (chunk, tap,
-    pixel): race-free and deterministic.  The planes accumulate in double
-    precision (also for float32) and are rounded once at the end.
-    """
-    cdef Geom geo = _geom(geom, grad_columns.shape[0])
-    cdef Py_ssize_t per_pixel = geo.offset_groups * geo.taps * sizeof(Point)
-    cdef Py_ssize_t PT = max(1, min(geo.out_pixels, COL2IM_TABLE_BYTES // per_pixel))
-    cdef Py_ssize_t nchunks = (geo.out_pixels + PT - 1) // PT
-    cdef Py_ssize_t T, ntiles
-    T, ntiles = _tiling(PT)      # tiles of one chunk's table
-    cdef Py_ssize_t b, chunk, p0, np_, it, d, t0, n, c, k, q, yy, xx, Wp = geo.Wp
-    cdef Target t00, t01, t10, t11
-    cdef const real* gsrc
-    cdef double* acc
-    cdef real* gout
-    cdef const double* arow
-    cdef Point* pk
-    cdef double gv
-    cdef double* padded = NULL
-    cdef Point* table = NULL
-    try:
-        padded = <double*>_alloc(geo.in_channels * geo.plane * sizeof(double))
-        table = <Point*>_alloc(geo.offset_groups * geo.taps * PT * sizeof(Point))
-        with nogil:
-            for b in range(geo.batch):
-                for chunk in range(nchunks):
-                    p0 = chunk * PT
-                    np_ = min(PT, geo.out_pixels - p0)
-                    # table of group d: table[d*K*np_ + k*np_ + q], filled tile by tile
-                    for it in prange(geo.offset_groups * ntiles, schedule="dynamic"):
-                        d = it // ntiles
-                        t0 = (it % ntiles) * T
-                        if t0 < np_:
-                            n = min(T, np_ - t0)
-                            _fill(table + d * geo.taps * np_ + t0, np_, offset, mask, has_mask, b,
-                                  d, p0 + t0, n, &geo, False)
-                    for c in prange(geo.in_channels, schedule="dynamic"):
-                        acc = padded + c * geo.plane
-                        if chunk == 0:
-                            memset(acc, 0, geo.plane * sizeof(double))
-                        d = c // geo.in_per_offset_group
-                        for k in range(geo.taps):
-                            gsrc = &grad_columns[b, c * geo.taps + k, p0]
-                            pk = table + (d * geo.taps + k) * np_
-                            for q in range(np_):
-                                # the adjoint of sampling: m * g to the four corners, each
-                                # times its weight (bilinear.scatter_corners)
-                                gv = pk[q].m * gsrc[q]
-                                # scatter_corners with the point's corner_weights computed
-                                # once for all channels; targets relative to the floor
-                                # corner at acc + idx
-                                t00, t01, t10, t11 = weighted_targets(0, 0, pk[q].w00, pk[q].w01,
-                                                                      pk[q].w10, pk[q].w11)
-                                _scatter(acc + pk[q].idx, t00, Wp, gv)
-                                _scatter(acc + pk[q].idx, t01, Wp, gv)
-                                _scatter(acc + pk[q].idx, t10, Wp, gv)
-                                _scatter(acc + pk[q].idx, t11, Wp, gv)
-                        if chunk == nchunks - 1:
-                            # the interior is the gradient; the border collected what fell
-                            # outside the image (and NaN points), and is dropped
-                            for yy in range(geo.height):
-                                gout = &grad_input[b, c, yy, 0]
-                                arow = acc + (yy + PAD_BEFORE) * Wp + PAD_BEFORE
-                                for xx in range(geo.width):
-                                    gout[xx] = <real>arow[xx]
-    finally:
-        free(padded)
-        free(table)
-
-
-# --------------------------------------------------------------------------- coordinate gradients
-
-def coordinate_gradients_into(const real[:, :, ::1] grad_columns,
-                              const real[:, :, :, ::1] input, const real[:, :, ::1] offset,
-                              const real[:, :, ::1] mask, bint has_mask, int convention,
-                              real[:, :, ::1] grad_offset, real[:, :, ::1] grad_mask, geom):
-    """Offset and mask gradients, summed over the channels of each offset group.
-
-    ``grad_offset[b, 2kk]   = m * sum_c grad_columns[b, c*K+k, p] * dS_c/dy``,
-    ``grad_offset[b, 2kk+1] = m * sum_c grad_columns[b, c*K+k, p] * dS_c/dx``,
-    ``grad_mask[b, kk]      =     sum_c grad_columns[b, c*K+k, p] * S_c``
-    (``kk = d*K + k``, ``c`` over the channels of offset group ``d``): the rule
-    of :mod:`refdcn.reference.loops` in this order of operations, so that
-    infinite and NaN values give its NaN/inf pattern (README "Non-finite
-    values"); the sums run in channel order, in double precision.  Shapes: grad_columns
-    (B, C_in*K, P), input (B, C_in, H, W), offset / grad_offset (B, 2*D*K, P),
-    mask / grad_mask (B, D*K, P); grad_mask is written only if ``has_mask``.
-    Parallel over tiles (image, offset group, pixels), like :func:`im2col_into`.
-    """
-    cdef Geom geo = _geom(geom, input.shape[0])
-    cdef Py_ssize_t T, ntiles
-    T, ntiles = _tiling(geo.out_pixels)
-    cdef Py_ssize_t it, b, d, t0, n, c, k, q, e, ii, kk, Wp = geo.Wp
-    cdef Py_ssize_t KT = geo.taps * T
-    cdef bint closed = convention == BORDER_TORCHVISION
-    cdef const real* src
-    cdef const real* grow
-    cdef Point* pts
-    cdef Point* pt
-    cdef double* acc
-    cdef double v00, v01, v10, v11, d_dy, d_dx, gv, m
-    cdef real* padded = NULL
-    cdef Point* tables = NULL
-    cdef double* accs = NULL
-    try:
-        padded = <real*>_alloc(geo.batch * geo.in_channels * geo.plane * sizeof(real))
-        tables = <Point*>_alloc(refdcn_max_threads() * KT * sizeof(Point))
-        accs = <double*>_alloc(refdcn_max_threads() * 3 * KT * sizeof(double))
-        with nogil:
-            _pad(input, padded, &geo)
-            for it in prange(geo.batch * geo.offset_groups * ntiles, schedule="dynamic"):
-                b, d, t0, n = _tile(it, ntiles, T, &geo)
-                pts = tables + threadid() * KT
-                acc = accs + threadid() * 3 * KT
-                _fill(pts, n, offset, mask, has_mask, b, d, t0, n, &geo, closed)
-                memset(acc, 0, 3 * KT * sizeof(double))
-                # the rule of refdcn.reference.loops: per channel dS/dy, dS/dx
-                # (interpolate_gradient) and S (interpolate) of the four corner values,
-                # times the column gradient, summed over the channels in channel order
-                # (double precision); the mask multiplies the channel sum
-                for c in range(d * geo.in_per_offset_group, (d + 1) * geo.in_per_offset_group):
-                    src = padded + (b * geo.in_channels + c) * geo.plane
-                    for k in range(geo.taps):
-                        grow = &grad_columns[b, c * geo.taps + k, t0]
-                        for q in range(n):
-                            e = k * n + q
-                            pt = pts + e
-                            ii = pt.idx
-                            v00 = src[ii]
-                            v01 = src[ii + 1]
-                            v10 = src[ii + Wp]
-                            v11 = src[ii + Wp + 1]
-                            gv = grow[q]
-                            d_dy, d_dx = interpolate_gradient(v00, v01, v10, v11, pt.ly, pt.lx)
-                            acc[e] += gv * d_dy
-                            acc[KT + e] += gv * d_dx
+    with nogil:
+        for t in range(first, last):
+            b = t // blocks
+            c0 = (t - b * blocks) * block
+            c1 = min(C, c0 + block)
+            acc = &scratch[t, 0, 0]
+            memset(acc, 0, rows * S * sizeof(double))
+            for p in range(P):
+                for d in range(c0 // ipog, (c1 - 1) // ipog + 1):
+                    for k in range(K):
+                        kk = d * K + k
+                        q, ly, lx = _sample(offset, b, kk, p, k, gm, False)
+                        w00, w01, w10, w11 = corner_weights(ly, lx)
+                        # the four targets relative to the floor corner (row q)
+                        t00, t01, t10, t11 = weighted_targets(0, 0, w00, w01, w10, w11)
+                        c = max(c0, d * ipog)
+                        end = min(c1, (d + 1) * ipog)
+                        while c < end:
+                            g, stop, col = _segment(c, end, k, ipg)
+                            n = stop - c
+                            src = &grad_columns[b, g, p, col]
+                            a00 = acc + (q + t00[0] * Wp + t00[1]) * S + c - c0
+                            a01 = acc + (q + t01[0] * Wp + t01[1]) * S + c - c0
+                            a10 = acc + (q + t10[0] * Wp + t10[1]) * S + c - c0
+                            a11 = acc + (q + t11[0] * Wp + t11[1]) * S + c - c0
                             if has_mask:
-                                # interpolate, with the point's corner_weights computed once
-                                acc[2 * KT + e] += gv * weighted_sum(
-                                    v00, v01, v10, v11, pt.w00, pt.w01, pt.w10, pt.w11)
-                for k in range(geo.taps):
-                    kk = d * geo.taps + k
-                    for q in range(n):
-                        e = k * n + q
-                        m = pts[e].m
-                        grad_offset[b, 2 * kk, t0 + q] = <real>(m * acc[e])
-                        grad_offset[b, 2 * kk + 1, t0 + q] = <real>(m * acc[KT + e])
-                        if has_mask:
-                            grad_mask[b, kk, t0 + q] = <real>acc[2 * KT + e]
+                                m = mask[b, kk, p]
+                                for u in range(n):
+                                    v = src[u] * m
+                                    a00[u] += t00[2] * v
+                                    a01[u] += t01[2] * v
+                                    a10[u] += t10[2] * v
+                                    a11[u] += t11[2] * v
+                            else:
+                                for u in range(n):
+                                    v = <double>src[u]
+                                    a00[u] += t00[2] * v
+                                    a01[u] += t01[2] * v
+                                    a10[u] += t10[2] * v
+                                    a11[u] += t11[2] * v
+                            c = stop
+            for c in range(c0, c1):         # the interior, back to channels first
+                for y in range(height):
+                    dst = &grad_input[b, c, y, 0]
+                    arow = acc + ((y + PAD_BEFORE) * Wp + PAD_BEFORE) * S + c - c0
+                    for x in range(width):
+                        dst[x] = <real>arow[x * S]
+
+
+def coordinate_gradients(const real[:, :, :, ::1] grad_columns, const real[:, :, ::1] padded,
+                         const real[:, :, ::1] offset, const real[:, :, ::1] mask,
+                         bint has_mask, geo, bint closed, real[:, :, ::1] grad_offset,
+                         real[:, :, ::1] grad_mask, bint has_grad_mask, Py_ssize_t chunk,
+                         Py_ssize_t first, Py_ssize_t last):
+    """Channel sums of ``grad_columns * dS/dy``, ``* dS/dx`` and ``* S`` of every sample.
+
+    ``grad_offset[b, 2kk] = m * sum_c grad_columns * dS_c/dy`` (``2kk+1``:
+    ``dS_c/dx``), ``grad_mask[b, kk] = sum_c grad_columns * S_c`` over the
+    channels ``c`` of offset group ``d`` (``kk = d*K + k``), ``closed`` the
+    ``locate`` rule.  The rule of :mod:`refdcn.reference.loops` in this order
+    of operations (per channel :func:`interpolate_gradient` and
+    :func:`interpolate`, the mask on the channel sum), so that non-finite
+    values give its NaN/inf pattern; the products in double, summed in the
+    fixed order of :func:`_fixed_order_sum`.  Tasks as :func:`im2col`; each
+    call allocates its own terms.
+    """
+    cdef Geom g_ = _geom(geo)
+    cdef Geom* gm = &g_
+    cdef Py_ssize_t P = grad_columns.shape[2], S = padded.shape[2], Wp = g_.Wp
+    cdef Py_ssize_t K = g_.taps, D = g_.offset_groups
+    cdef Py_ssize_t ipg = g_.in_per_group, ipog = g_.in_per_offset_group
+    cdef Py_ssize_t chunks = (P + chunk - 1) // chunk
+    cdef Py_ssize_t t, b, p0, p, d, k, kk, q, c, end, g, stop, col, u, n, e
+    cdef double ly, lx, gu, d_dy, d_dx, sum_y, sum_x, m
+    cdef const real* r00
+    cdef const real* r01
+    cdef const real* r10
+    cdef const real* r11
+    cdef const real* src
+    cdef double* ty
+    cdef double* tx
+    cdef double* tm
+    cdef double* terms = <double*>malloc(max(1, 3 * ipog) * sizeof(double))
+    if terms == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            for t in range(first, last):
+                b = t // chunks
+                p0 = (t - b * chunks) * chunk
+                for p in range(p0, min(P, p0 + chunk)):
+                    for d in range(D):
+                        for k in range(K):
+                            kk = d * K + k
+                            q, ly, lx = _sample(offset, b, kk, p, k, gm, closed)
+                            c = d * ipog
+                            end = c + ipog
+                            while c < end:
+                                g, stop, col = _segment(c, end, k, ipg)
+                                n = stop - c
+                                src = &grad_columns[b, g, p, col]
+                                r00 = &padded[b, q, c]
+                                r01 = r00 + S
+                                r10 = r00 + Wp * S
+                                r11 = r10 + S
+                                e = c - d * ipog
+                                ty = terms + e
+                                tx = terms + ipog + e
+                                tm = terms + 2 * ipog + e
+                                for u in range(n):
+                                    gu = <double>src[u]
+                                    d_dy, d_dx = interpolate_gradient(r00[u], r01[u], r10[u],
+                                                                      r11[u], ly, lx)
+                                    ty[u] = gu * d_dy
+                                    tx[u] = gu * d_dx
+                                if has_grad_mask:
+                                    for u in range(n):
+                                        tm[u] = <double>src[u] * interpolate(
+                                            r00[u], r01[u], r10[u], r11[u], ly, lx)
+                                c = stop
+                            sum_y = _fixed_order_sum(terms, ipog)
+                            sum_x = _fixed_order_sum(terms + ipog, ipog)
+                            if has_mask:
+                                m = mask[b, kk, p]
+                                grad_offset[b, 2 * kk, p] = <real>(m * sum_y)
+                                grad_offset[b, 2 * kk + 1, p] = <real>(m * sum_x)
+                            else:
+                                grad_offset[b, 2 * kk, p] = <real>sum_y
+                                grad_offset[b, 2 * kk + 1, p] = <real>sum_x
+                            if has_grad_mask:
+                                grad_mask[b, kk, p] = <real>_fixed_order_sum(terms + 2 * ipog,
+                                                                             ipog)
     finally:
-        free(padded)
-        free(tables)
-        free(accs)
+        free(terms)
 
 
 # --------------------------------------------------------------------------- mirror checks

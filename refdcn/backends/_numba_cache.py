@@ -24,7 +24,7 @@ from numba.core import caching, config
 from numba.misc.appdirs import AppDirs
 
 #: The files (relative to the refdcn package) whose contents the Numba CPU kernels depend on.
-DEPENDENCIES = ("bilinear.py", "geometry.py", "backends/_shared_math.py",
+DEPENDENCIES = ("bilinear.py", "geometry.py", "backends/_shared_math.py", "backends/_tasks.py",
                 "backends/numba_cpu.py", "backends/numba_dcnv3.py")
 
 _PACKAGE = pathlib.Path(__file__).resolve().parent.parent

@@ -1,12 +1,24 @@
-"""Backend ``"cython"``: compiled Cython column kernels + one matrix product per group.
+"""Backend ``"cython"``: channels-last Cython kernels on refdcn's threads + one matrix product per group.
 
-The deformable sampling steps (im2col, col2im, coordinate gradients) are the
-typed-memoryview, ``nogil`` kernels of ``refdcn/_cy/kernels.pyx``, parallel
-with OpenMP ``prange`` when the extension was compiled with ``-fopenmp``
-(:data:`OPENMP`); their scalar math is ``refdcn/_cy/bilinear.pxd``, the
-line-for-line mirror of :mod:`refdcn.bilinear`.  The matrix products and the
-tiling over images are :mod:`refdcn.driver` (NumPy's BLAS), as for the
+The deformable sampling steps (the padded channels-last copy of the input,
+im2col, col2im, coordinate gradients) are the kernels of
+``refdcn/_cy/kernels.pyx``: the numba backend's kernels
+(:mod:`refdcn.backends.numba_cpu`, whose docstring describes the layout, the
+tasks and the precision) compiled by Cython, with the same operations in the
+same order, so that both backends give bitwise the same results.  Their
+scalar math is ``refdcn/_cy/bilinear.pxd``, the line-for-line mirror of
+:mod:`refdcn.bilinear`.  The matrix products and the tiling over images are
+:mod:`refdcn.driver` (``"channels_last"`` layout, NumPy's BLAS), as for the
 other CPU backends.
+
+Threads: each kernel is a ``def`` function over a range of tasks whose body
+runs without the GIL; :func:`refdcn.backends._tasks.run` (the numba
+backend's dispatch too) runs small problems (below :data:`SERIAL_WORK`
+column elements) in the calling thread and larger ones in ranges on
+refdcn's own worker threads (:mod:`refdcn.parallel`:
+:func:`refdcn.parallel.set_num_threads`; idle workers sleep; fork-safe).
+No OpenMP: nothing another library does with its OpenMP runtime (torch's
+libgomp, ``OMP_WAIT_POLICY``, ``fork()``) changes this backend.
 
 The extension ``refdcn._cy.kernels`` is built by ``pip install .`` (see
 ``setup.py``).  When it is missing, importing this module raises ImportError
@@ -14,45 +26,15 @@ with the reason, and :func:`refdcn.backends.unavailable` reports it; importing
 refdcn itself never fails.
 """
 
-import ctypes
-import os
 import threading
 
 import numpy as np
 
-from .. import driver
-from . import Capabilities
-
-
-def _import_kernels():
-    """Import the extension with OpenMP threads that sleep, rather than spin, when idle.
-
-    GNU OpenMP reads ``OMP_WAIT_POLICY`` once, when it is loaded (here, by
-    this import).  Its default lets idle threads spin for milliseconds after
-    every parallel loop, which steals a core from the BLAS threads of the
-    matrix products that follow (and, on a shared machine, from everyone).
-    ``PASSIVE`` is set only for the duration of the import and only if the
-    user chose nothing.
-
-    This cannot help if a libgomp is already loaded: torch ships one with the
-    same soname, which the extension then shares, with torch's (spinning)
-    policy -- measured on 2 cores, a small forward pass takes 8 ms instead of
-    0.3 ms.  Import refdcn's backends before torch, or set
-    ``OMP_WAIT_POLICY=PASSIVE`` in the environment.
-    """
-    chosen = "OMP_WAIT_POLICY" in os.environ
-    if not chosen:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
-        from .._cy import kernels
-    finally:
-        if not chosen:
-            del os.environ["OMP_WAIT_POLICY"]
-    return kernels
-
+from .. import bilinear, driver, parallel
+from . import Capabilities, _tasks
 
 try:
-    _kernels = _import_kernels()
+    from .._cy import kernels as _kernels
 except ImportError as exc:          # not built (no compiler), or built for another Python
     from ..install_hints import cython_hint
     raise ImportError(f"the Cython extension refdcn._cy.kernels was not built ({exc}): "
@@ -61,60 +43,24 @@ except ImportError as exc:          # not built (no compiler), or built for anot
 
 NAME = "cython"
 DEVICE = "cpu"
+CAPABILITIES = Capabilities(device="cpu", compute_dtype="input", blocked=True, threads=True)
+DESCRIPTION = ("compiled Cython channels-last im2col/col2im on refdcn's threads"
+               " + one matrix product per group")
 
-#: Whether the compiled kernels run in parallel (OpenMP); False for a serial build.
-OPENMP = bool(_kernels.OPENMP)
-
-CAPABILITIES = Capabilities(device="cpu", compute_dtype="input", blocked=True, threads=OPENMP)
-
-DESCRIPTION = ("compiled Cython im2col/col2im kernels "
-               + (f"(OpenMP, {_kernels.max_threads()} threads)" if OPENMP
-                  else "(serial build: compiled without OpenMP)")
-               + " + one matrix product per group")
+#: Kernels with less work than this (column elements) run in the calling thread
+#: alone (:func:`refdcn.backends._tasks.run`; tests set it to 0 to run every kernel
+#: on the worker threads).
+SERIAL_WORK = _tasks.SERIAL_WORK
 
 
 def threads():
-    """Number of threads the kernels use (1 for a serial build; ``OMP_NUM_THREADS`` sets it)."""
-    return _kernels.max_threads()
+    """Number of threads the kernels use (:func:`refdcn.parallel.num_threads`)."""
+    return parallel.num_threads()
 
 
-def _openmp_set_num_threads():
-    """``omp_set_num_threads`` of the OpenMP runtime the extension is linked to, or None.
-
-    Looked up through the extension's own handle, so it is the runtime the
-    kernels use even when another library (torch) loaded a libgomp first.
-    """
-    if not OPENMP:
-        return None
-    try:
-        function = ctypes.CDLL(_kernels.__file__).omp_set_num_threads
-    except (OSError, AttributeError):
-        return None
-    function.argtypes, function.restype = [ctypes.c_int], None
-    return function
-
-
-_OMP_SET_NUM_THREADS = _openmp_set_num_threads()
-
-
-def _single_threaded_after_fork():
-    """In a child made by ``fork()``: run the kernels on one thread from now on.
-
-    GNU OpenMP's thread team does not survive ``fork()`` (only the forking
-    thread is copied; the team's threads are not), so the child's first
-    parallel loop would wait forever for them (issue 12, item 1: PyTorch
-    DataLoader workers, ``multiprocessing`` with the default start method on
-    Linux).  With one thread the runtime never touches the team.  The kernels
-    compute every element in the same order whatever the thread count, so the
-    child's results are bitwise those of the parent.  Registered with
-    :func:`os.register_at_fork` at import (``tests/test_hardening.py::test_fork``).
-    """
-    if _OMP_SET_NUM_THREADS is not None:
-        _OMP_SET_NUM_THREADS(1)
-
-
-if OPENMP:
-    os.register_at_fork(after_in_child=_single_threaded_after_fork)
+def _run(kernel, work, tasks, *args):
+    """``kernel(*args, first, last)`` over tasks ``0 .. tasks-1`` (:func:`refdcn.backends._tasks.run`)."""
+    _tasks.run(kernel, args, work, tasks, SERIAL_WORK)
 
 
 class _Lease:
@@ -157,73 +103,96 @@ def _columns_buffer(size, dtype):
     return np.asarray(_Lease(buf))
 
 
-def _flat(array, batch):
-    """(B, channels, H_out, W_out) -> (B, channels, H_out*W_out), a view."""
-    return array.reshape(batch, array.shape[1], -1)
+_flat = _tasks.flat
 
 
-def _mask_args(mask, offset_flat, batch):
-    """(mask array, has_mask); the offset stands in for an absent mask (never read)."""
+def _mask(mask, stand_in, geom):
+    """(mask as (B, X, P), has_mask); ``stand_in`` (never read) replaces an absent mask."""
     if mask is None:
-        return offset_flat, False
-    return _flat(mask, batch), True
+        return stand_in, False
+    return _flat(mask, geom), True
 
 
-def im2col(input, offset, mask, geom, columns, prepared=None):
-    """Deformable im2col (the ``"rows"`` layout of :mod:`refdcn.driver`).
+def channels_last(input):
+    """``input`` (B, C, H, W) as zero-padded channels-last planes.
 
-    Shapes: input (B, C_in, H, W), offset (B, 2*D*kh*kw, H_out, W_out), mask
-    (B, D*kh*kw, H_out, W_out) or None; writes columns (B, C_in*kh*kw, H_out*W_out).
+    Returns an array of shape (B, (H+3)*(W+3), C_stride)
+    (:func:`refdcn.backends._tasks.padded_shape`): pixel ``(y, x)`` is row
+    ``(y+2)*(W+3) + x+2``; the two rows/columns before and the one after the
+    image are zero.
     """
-    B = geom.batch
-    off = _flat(offset, B)
-    m, has_mask = _mask_args(mask, off, B)
-    _kernels.im2col_into(input, off, m, has_mask, columns, geom)
+    B, C, H, W = input.shape
+    padded = np.empty(_tasks.padded_shape(B, C, H, W, input.itemsize), input.dtype)
+    if padded.size:
+        _run(_kernels.channels_last, input.size, B * (padded.shape[1] // (W + _tasks.PAD)),
+             input, padded)
+    return padded
 
 
-def col2im(grad_columns, offset, mask, geom, grad_input, prepared=None):
-    """Adjoint of :func:`im2col`: writes ``grad_input`` (B, C_in, H, W)."""
-    B = geom.batch
-    off = _flat(offset, B)
-    m, has_mask = _mask_args(mask, off, B)
-    _kernels.col2im_into(grad_columns, off, m, has_mask, grad_input, geom)
+def im2col(input, offset, mask, geom, columns, padded=None):
+    """Channels-last deformable im2col (the ``"channels_last"`` layout of :mod:`refdcn.driver`).
+
+    Parameters
+    ----------
+    input : ndarray, shape (B, C_in, H, W)
+    offset : ndarray, shape (B, 2*D*K, H_out, W_out)
+    mask : ndarray, shape (B, D*K, H_out, W_out), or None
+    columns : ndarray, shape (B, groups, H_out*W_out, K * C_in/groups), out
+    padded : ndarray, optional
+        ``channels_last(input)``, if the caller already has it.
+    """
+    if columns.size == 0:
+        return
+    offset = _flat(offset, geom)
+    mask, has_mask = _mask(mask, offset, geom)
+    _run(_kernels.im2col, columns.size, _tasks.pixel_tasks(columns.shape[0], geom),
+         channels_last(input) if padded is None else padded, offset, mask, has_mask,
+         geom.kernel_record(), columns, _tasks.CHUNK)
+
+
+def col2im(grad_columns, offset, mask, geom, grad_input, padded=None, block=None):
+    """Adjoint of :func:`im2col`: writes ``grad_input`` (B, C_in, H, W).
+
+    ``padded`` is not used (the driver passes it to every kernel).
+    ``block`` (channels per task, default :func:`refdcn.backends._tasks.channel_block`)
+    changes the work split, never the result.  Scratch memory: one float64
+    padded plane per channel (:func:`refdcn.backends._tasks.col2im_scratch`).
+    """
+    if grad_input.size == 0:
+        return
+    B = grad_input.shape[0]
+    block = block or _tasks.channel_block(B, geom.in_channels)
+    scratch = _tasks.col2im_scratch(B, geom, block)
+    offset = _flat(offset, geom)
+    mask, has_mask = _mask(mask, offset, geom)
+    _run(_kernels.col2im, grad_columns.size, scratch.shape[0], grad_columns, offset, mask,
+         has_mask, geom.kernel_record(), grad_input, block, scratch)
 
 
 def coordinate_gradients(grad_columns, input, offset, mask, geom, convention, grad_offset,
-                         grad_mask, prepared=None):
-    """Writes ``grad_offset`` (B, 2*D*kh*kw, H_out, W_out) and ``grad_mask`` (if not None)."""
-    B = geom.batch
-    off = _flat(offset, B)
-    m, has_mask = _mask_args(mask, off, B)
-    go = _flat(grad_offset, B)
-    if (grad_mask is None) != (mask is None):
-        raise ValueError("grad_mask must be given exactly when mask is given")
-    gm = go if grad_mask is None else _flat(grad_mask, B)
-    _kernels.coordinate_gradients_into(grad_columns, input, off, m, has_mask, int(convention),
-                                       go, gm, geom)
+                         grad_mask, padded=None):
+    """Offset and mask gradients from channels-last ``grad_columns`` (layout of :func:`im2col`).
 
-
-#: ``sizeof(Point)`` of ``kernels.pyx``: one sampling point's table entry (an index, six doubles).
-_POINT_BYTES = 56
-#: Upper bound of col2im's table of sampling points (``COL2IM_TABLE_BYTES`` of ``kernels.pyx``).
-_COL2IM_TABLE_BYTES = 16 * 2**20
-
-
-def workspace(geom, itemsize):
-    """Bytes the kernels ``malloc`` per block of ``geom.batch`` images besides the columns.
-
-    im2col and the coordinate gradients: the zero-padded images (and small
-    per-thread tables); col2im: one image's float64 padded planes and its table
-    of sampling points.  An upper bound (they are not all held at once).
+    Writes ``grad_offset`` (B, 2*D*K, H_out, W_out) and ``grad_mask``
+    (B, D*K, H_out, W_out) (if not None).  ``padded``: as for :func:`im2col`.
     """
-    plane = (geom.height + 3) * (geom.width + 3)
-    tables = _kernels.max_threads() * geom.taps * 256 * _POINT_BYTES * 5
-    col2im = (geom.in_channels * plane * 8
-              + min(geom.offset_groups * geom.taps * geom.out_pixels * _POINT_BYTES,
-                    _COL2IM_TABLE_BYTES))
-    return geom.batch * geom.in_channels * plane * itemsize + tables + col2im
+    if grad_offset.size == 0:
+        return
+    if padded is None:
+        padded = channels_last(input)
+    offset, grad_offset = _flat(offset, geom), _flat(grad_offset, geom)
+    mask, has_mask = _mask(mask, offset, geom)
+    grad_mask, has_grad_mask = _mask(grad_mask, grad_offset, geom)
+    _run(_kernels.coordinate_gradients, grad_columns.size,
+         _tasks.pixel_tasks(grad_columns.shape[0], geom), grad_columns, padded, offset, mask,
+         has_mask, geom.kernel_record(), convention == bilinear.BORDER_TORCHVISION,
+         grad_offset, grad_mask, has_grad_mask, _tasks.CHUNK)
 
 
-KERNELS = driver.KernelSet(im2col, col2im, coordinate_gradients, layout="rows",
-                           column_buffer=_columns_buffer, workspace=workspace)
+#: The kernels of this backend for :mod:`refdcn.driver` (``"channels_last"`` layout; the
+#: padded channels-last copy of each block's images is shared by im2col and the
+#: coordinate gradients; the column buffer is the reused spare of :func:`_columns_buffer`).
+KERNELS = driver.KernelSet(im2col, col2im, coordinate_gradients, layout="channels_last",
+                           prepare_input=lambda input, geom: channels_last(input),
+                           column_buffer=_columns_buffer, workspace=_tasks.workspace)
 forward, backward = KERNELS.forward, KERNELS.backward

@@ -11,7 +11,7 @@ kernel, reads and writes contiguous memory and is vectorised by LLVM:
     The images, transposed to channels last and zero-padded with two
     rows/columns before and one after (see "Zero border" below); pixel
     ``(y, x)`` is row ``(y+2)*(W+3) + x+2``.  ``C_stride >= C_in`` makes a row
-    an odd number of cache lines (:func:`row_stride`).
+    an odd number of cache lines (:func:`refdcn.backends._tasks.row_stride`).
 ``columns`` (B, groups, P, K * C_in/groups)
     ``columns[b, g, p, k*Cg + cl] = m * S(input[b, g*Cg + cl], y, x)`` for
     output pixel ``p``, tap ``k`` (``K = kh*kw``, ``Cg = C_in/groups``).  It is the
@@ -103,8 +103,8 @@ try:
 except ImportError as exc:   # pragma: no cover - depends on the environment
     raise ImportError(f"numba is not installed ({exc})") from exc
 
-from .. import bilinear, driver, parallel
-from . import Capabilities, _numba_cache
+from .. import bilinear, driver
+from . import Capabilities, _numba_cache, _tasks
 from ._shared_math import compile_bilinear
 
 NAME = "numba"
@@ -113,13 +113,9 @@ DESCRIPTION = (f"Numba {numba.__version__}: channels-last im2col/col2im on refdc
 DEVICE = "cpu"
 CAPABILITIES = Capabilities(device="cpu", compute_dtype="input", blocked=True, threads=True)
 
-#: Output pixels per task of ``im2col`` and ``coordinate_gradients``.
-CHUNK = 32
-
-#: Zero rows/columns before and after each padded plane (``OUTSIDE = -2`` must land inside).
-PAD_BEFORE = 2
-PAD_AFTER = 1
-PAD = PAD_BEFORE + PAD_AFTER
+#: Output pixels per task of ``im2col`` and ``coordinate_gradients``; the zero border
+#: of the padded planes (``OUTSIDE = -2`` must land inside): shared with the "cython" backend.
+CHUNK, PAD_BEFORE, PAD = _tasks.CHUNK, _tasks.PAD_BEFORE, _tasks.PAD
 
 _SHARED = ("sampling_point", "locate", "corner_weights", "interpolate", "interpolate_gradient")
 
@@ -132,21 +128,17 @@ interpolate = _shared["interpolate"]
 interpolate_gradient = _shared["interpolate_gradient"]
 
 #: Kernels with less work than this (column elements) run in the calling thread
-#: alone: below it, waking the worker threads costs more than they save.
-SERIAL_WORK = 1 << 17
-
-#: Ranges of tasks handed out per thread of a parallel kernel: more ranges
-#: balance the load (and let the threads that run take over from a starved
-#: one) at a cost of a few microseconds each.
-RANGES_PER_THREAD = 4
+#: alone (:func:`refdcn.backends._tasks.run`).
+SERIAL_WORK = _tasks.SERIAL_WORK
 
 class _Kernel:
     """A serial, GIL-free kernel over a range of tasks, run on :mod:`refdcn.parallel`.
 
     The kernel's last two arguments are the task range ``[first, last)``;
-    ``kernel(work, tasks, *args)`` runs tasks ``0 .. tasks-1`` in the calling
-    thread when ``work`` (column elements) is below :data:`SERIAL_WORK`,
-    else in ranges on refdcn's worker threads.  Every task writes its own
+    ``kernel(work, tasks, *args)`` runs tasks ``0 .. tasks-1`` with
+    :func:`refdcn.backends._tasks.run`: in the calling thread when ``work``
+    (column elements) is below :data:`SERIAL_WORK`, else in ranges on
+    refdcn's worker threads.  Every task writes its own
     outputs, so the results do not depend on the ranges or the threads.
     Numba's threading layers (and ``numba.set_num_threads``) are not used.
     """
@@ -156,13 +148,7 @@ class _Kernel:
         self.__doc__ = function.__doc__
 
     def __call__(self, work, tasks, *args):
-        threads = parallel.num_threads()
-        if work < SERIAL_WORK or threads == 1 or tasks < 2:
-            return self.serial(*args, 0, tasks)
-        size = -(-tasks // (threads * RANGES_PER_THREAD))
-        kernel = self.serial
-        parallel.run(-(-tasks // size),
-                     lambda r: kernel(*args, r * size, min(tasks, (r + 1) * size)), threads)
+        _tasks.run(self.serial, args, work, tasks, SERIAL_WORK)
 
 
 # --------------------------------------------------------------------------- compiled kernels
@@ -413,35 +399,19 @@ def _coordinate_gradients(grad_columns, padded, offset, mask, geo, closed, grad_
 
 # --------------------------------------------------------------------------- column kernels
 
-def _flat(array, geom):
-    """(B, X, H_out, W_out) viewed as (B, X, P); None stays None."""
-    if array is None:
-        return None
-    return array.reshape(array.shape[0], array.shape[1], geom.out_pixels)
-
-
-def row_stride(length, itemsize):
-    """Row length >= ``length`` spanning an odd number of 64-byte cache lines.
-
-    Rows of channels-last planes are read four at a time at scattered places;
-    with a power-of-two row size (256 float32 channels = 1 KiB) every row
-    falls into the same few cache sets and evicts the others.
-    """
-    per_line = 64 // itemsize
-    lines = -(-length // per_line)
-    return (lines + 1 - lines % 2) * per_line
+_flat = _tasks.flat
 
 
 def channels_last(input):
     """``input`` (B, C, H, W) as zero-padded channels-last planes.
 
-    Returns an array of shape (B, (H+3)*(W+3), C_stride) (``C_stride`` from
-    :func:`row_stride`): pixel ``(y, x)`` is row ``(y+2)*(W+3) + x+2``; the
-    two rows/columns before and the one after the image are zero.
+    Returns an array of shape (B, (H+3)*(W+3), C_stride)
+    (:func:`refdcn.backends._tasks.padded_shape`): pixel ``(y, x)`` is row
+    ``(y+2)*(W+3) + x+2``; the two rows/columns before and the one after the
+    image are zero.
     """
     B, C, H, W = input.shape
-    padded = np.empty((B, (H + PAD_BEFORE + PAD_AFTER) * (W + PAD_BEFORE + PAD_AFTER),
-                       row_stride(C, input.itemsize)), input.dtype)
+    padded = np.empty(_tasks.padded_shape(B, C, H, W, input.itemsize), input.dtype)
     if padded.size:
         _channels_last(input.size, B * (padded.shape[1] // (W + PAD)), input, padded)
     return padded
@@ -462,16 +432,12 @@ def im2col(input, offset, mask, geom, columns, padded=None):
         ``channels_last(input)``, if the caller already has it.
     """
     if columns.size:
-        chunks = -(-geom.out_pixels // CHUNK)
-        _im2col(columns.size, columns.shape[0] * chunks,
+        _im2col(columns.size, _tasks.pixel_tasks(columns.shape[0], geom),
                 channels_last(input) if padded is None else padded,
                 _flat(offset, geom), _flat(mask, geom), geom.kernel_record(), columns, CHUNK)
 
 
-def channel_block(batch, channels):
-    """Channels per ``col2im`` task: one task per thread and image at least, >= 16 wide."""
-    per_image = max(1, -(-parallel.num_threads() // max(batch, 1)))
-    return max(16, -(-channels // per_image))
+channel_block = _tasks.channel_block
 
 
 def col2im(grad_columns, offset, mask, geom, grad_input, padded=None, block=None):
@@ -486,9 +452,8 @@ def col2im(grad_columns, offset, mask, geom, grad_input, padded=None, block=None
         return
     B, C = grad_input.shape[0], geom.in_channels
     block = block or channel_block(B, C)
-    scratch = np.empty((B * -(-C // block), (geom.height + PAD) * (geom.width + PAD),
-                        row_stride(block, 8)))
-    _col2im(grad_columns.size, B * -(-C // block), grad_columns, _flat(offset, geom),
+    scratch = _tasks.col2im_scratch(B, geom, block)
+    _col2im(grad_columns.size, scratch.shape[0], grad_columns, _flat(offset, geom),
             _flat(mask, geom), geom.kernel_record(), grad_input, block, scratch)
 
 
@@ -503,10 +468,9 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
         return
     if padded is None:
         padded = channels_last(input)
-    tasks = grad_columns.shape[0] * -(-geom.out_pixels // CHUNK)
-    _coordinate_gradients(grad_columns.size, tasks, grad_columns, padded, _flat(offset, geom),
-                          _flat(mask, geom), geom.kernel_record(),
-                          convention == bilinear.BORDER_TORCHVISION,
+    _coordinate_gradients(grad_columns.size, _tasks.pixel_tasks(grad_columns.shape[0], geom),
+                          grad_columns, padded, _flat(offset, geom), _flat(mask, geom),
+                          geom.kernel_record(), convention == bilinear.BORDER_TORCHVISION,
                           _flat(grad_offset, geom), _flat(grad_mask, geom), CHUNK)
 
 
@@ -515,20 +479,7 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
 #: The kernels of this backend for :mod:`refdcn.driver` (``"channels_last"`` layout; the
 #: padded channels-last copy of each block's images is shared by im2col and the
 #: coordinate gradients).
-def workspace(geom, itemsize):
-    """Bytes held per block of ``geom.batch`` images besides the columns.
-
-    The padded channels-last copy of the images (:func:`channels_last`) and,
-    in the backward, :func:`col2im`'s float64 planes.
-    """
-    B, C = geom.batch, geom.in_channels
-    plane = (geom.height + PAD) * (geom.width + PAD)
-    block = channel_block(B, C)
-    return (B * plane * row_stride(C, itemsize) * itemsize
-            + B * -(-C // block) * plane * row_stride(block, 8) * 8)
-
-
 KERNELS = driver.KernelSet(im2col, col2im, coordinate_gradients, layout="channels_last",
                            prepare_input=lambda input, geom: channels_last(input),
-                           workspace=workspace)
+                           workspace=_tasks.workspace)
 forward, backward = KERNELS.forward, KERNELS.backward
