@@ -5,10 +5,12 @@
 * ``refdcn/_cy/bilinear.pxd`` must mirror ``refdcn/bilinear.py``: same functions
   in the same order with the same parameters, and bitwise the same results on
   a grid of awkward coordinates (-1, 0, H-1, H, fractions, 1e30, inf, NaN).
-* The kernels: bitwise the same columns as the "numpy" backend; agreement with
-  the loop reference with tiny tiles and col2im chunks, so that every boundary
-  is crossed; bitwise independence of the number of threads; the reused column
-  buffer is never handed out while in use.
+* The kernels: bitwise the same columns as the "numpy" backend and bitwise the
+  same results as the "numba" backend (the same kernels) on the conformance
+  cases; agreement with the loop reference with tiny pixel chunks and channel
+  blocks, so that every boundary is crossed; bitwise independence of the
+  number of threads; no OpenMP; the reused column buffer is never handed out
+  while in use.
 
 Agreement, block-size invariance, determinism, non-finite inputs, both
 conventions and both dtypes are tested once for every backend in
@@ -26,7 +28,8 @@ import numpy as np
 import pytest
 
 import refdcn
-from refdcn import backends, bilinear
+from refdcn import backends, bilinear, conformance, parallel
+from refdcn.backends import _tasks
 from refdcn.geometry import check_arguments
 from refdcn.backends import numpy_cpu as numpy_backend
 from refdcn.testing import compare, make_case, reference_results
@@ -201,6 +204,18 @@ def _odd_case(dtype, seed=5, batch=2, offsets="random", modulated=True):
                      offset_scale=2.5).astype(dtype)
 
 
+def _columns_shape(geom):
+    """The ``"channels_last"`` column matrix: (B, groups, P, K * C_in/groups)."""
+    return (geom.batch, geom.groups, geom.out_pixels, geom.taps * geom.in_per_group)
+
+
+def _as_rows(columns, geom):
+    """Channels-last columns as the ``"rows"`` layout (B, C_in*K, P) of the numpy backend."""
+    B, G, P = columns.shape[:3]
+    by_channel = columns.reshape(B, G, P, geom.taps, geom.in_per_group)
+    return by_channel.transpose(0, 1, 4, 3, 2).reshape(B, G * geom.in_per_group * geom.taps, P)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("offsets", ["random", "integer", "zero"])
 def test_columns_bitwise_equal_to_numpy_backend(cy, dtype, offsets):
@@ -213,12 +228,49 @@ def test_columns_bitwise_equal_to_numpy_backend(cy, dtype, offsets):
     case.input[0, 1, 0, 0] = np.inf
     case.input[1, 4, -1, -1] = np.nan
     geom = _geom(case)
-    shape = (geom.batch, geom.in_channels * geom.taps, geom.out_pixels)
+    rows = (geom.batch, geom.in_channels * geom.taps, geom.out_pixels)
     for mask in (case.mask, None):
-        got, want = np.empty(shape, dtype), np.empty(shape, dtype)
+        got, want = np.empty(_columns_shape(geom), dtype), np.empty(rows, dtype)
         cy.im2col(case.input, case.offset, mask, geom, got)
         numpy_backend.im2col(case.input, case.offset, mask, geom, want)
-        assert np.array_equal(got, want, equal_nan=True)
+        assert np.array_equal(_as_rows(got, geom), want, equal_nan=True)
+
+
+def _all_results(case, backend, convention):
+    """Output and five gradients, as arrays (None for an absent mask gradient)."""
+    with np.errstate(all="ignore"):
+        out = refdcn.deform_conv2d(*case.args(), backend=backend)
+        grads = refdcn.deform_conv2d_backward(case.grad_output, *case.args(), backend=backend,
+                                              convention=convention)
+    return [np.asarray(out)] + [None if g is None else np.asarray(g) for g in grads]
+
+
+@pytest.mark.parametrize("mode", ["serial", "parallel"])
+def test_bitwise_equal_to_numba_backend_on_conformance_cases(cy, mode, monkeypatch):
+    """The numba backend's kernels, ported: bitwise its results on every conformance case.
+
+    Both dtypes, both conventions; ``parallel`` runs every kernel of both
+    backends in ranges on the worker threads.
+    """
+    if "numba" not in backends.available():
+        pytest.skip(f"'numba' backend unavailable: {backends.unavailable()['numba']}")
+    numba_backend = backends.get("numba")
+    if mode == "parallel":
+        monkeypatch.setattr(cy, "SERIAL_WORK", 0)
+        monkeypatch.setattr(numba_backend, "SERIAL_WORK", 0)
+    differ = []
+    for named in conformance.CASES:
+        for dtype in (np.float32, np.float64):
+            case = named.build().astype(dtype)
+            for convention in CONVENTIONS:
+                want = _all_results(case, "numba", convention)
+                got = _all_results(case, "cython", convention)
+                differ += [(named.name, dtype.__name__, convention, i)
+                           for i, (a, b) in enumerate(zip(got, want))
+                           if (a is None) != (b is None)
+                           or (a is not None and (a.dtype != b.dtype
+                                                  or a.tobytes() != b.tobytes()))]
+    assert not differ, f"(case, dtype, convention, result index) that differ: {differ}"
 
 
 def test_reused_column_buffer_is_never_shared(cy):
@@ -226,7 +278,7 @@ def test_reused_column_buffer_is_never_shared(cy):
     a = _odd_case(np.float32, seed=1)
     b = _odd_case(np.float32, seed=2)
     geom = _geom(a)
-    shape = (geom.batch, geom.in_channels * geom.taps, geom.out_pixels)
+    shape = _columns_shape(geom)
     size = int(np.prod(shape))
 
     def im2col(case):
@@ -236,10 +288,10 @@ def test_reused_column_buffer_is_never_shared(cy):
 
     first = im2col(a)
     kept = first.copy()
-    view = first[1, 3:5]
+    view = first[1, 1, 3:5]
     del first
     second = im2col(b)   # must not reuse it
-    assert np.array_equal(view, kept[1, 3:5])
+    assert np.array_equal(view, kept[1, 1, 3:5])
     del view
     third = im2col(a)    # may reuse it now
     assert not np.shares_memory(third, second)
@@ -255,23 +307,22 @@ def _results(case, backend, convention):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("convention", ["torchvision", "mmcv"])
-def test_agrees_with_reference_across_tile_and_chunk_boundaries(kernels, dtype, convention):
-    """Output and five gradients within the package tolerances with 7-pixel tiles and a
-    col2im table of one pixel per chunk, so that every tile and chunk boundary of the
-    kernels is crossed on these small images (the default tiling is tested for every
-    backend in tests/test_backends.py)."""
-    old = (kernels._set_tile(7), kernels._set_col2im_table_bytes(1))
-    try:
-        for seed, offsets, modulated in ((5, "random", True), (6, "integer", True),
-                                         (7, "zero", False)):
-            case = _odd_case(dtype, seed=seed, offsets=offsets, modulated=modulated)
-            report = compare(_results(case, "cython", convention),
-                             reference_results(case, convention), case, dtype)
-            bad = {q: r for q, r in report.items() if not r[0]}
-            assert not bad, f"{dtype.__name__} {convention} {offsets}: {bad}"
-    finally:
-        kernels._set_tile(old[0])
-        kernels._set_col2im_table_bytes(old[1])
+def test_agrees_with_reference_across_chunk_and_block_boundaries(cy, dtype, convention,
+                                                                 monkeypatch):
+    """Output and five gradients within the package tolerances with 7-pixel chunks,
+    one-channel col2im blocks and every kernel on the worker threads, so that every
+    task and range boundary of the kernels is crossed on these small images (the
+    default tasks are tested for every backend in tests/test_backends.py)."""
+    monkeypatch.setattr(cy, "CHUNK", 7)
+    monkeypatch.setattr(_tasks, "channel_block", lambda batch, channels: 1)
+    monkeypatch.setattr(cy, "SERIAL_WORK", 0)
+    for seed, offsets, modulated in ((5, "random", True), (6, "integer", True),
+                                     (7, "zero", False)):
+        case = _odd_case(dtype, seed=seed, offsets=offsets, modulated=modulated)
+        report = compare(_results(case, "cython", convention),
+                         reference_results(case, convention), case, dtype)
+        bad = {q: r for q, r in report.items() if not r[0]}
+        assert not bad, f"{dtype.__name__} {convention} {offsets}: {bad}"
 
 
 def _blocked(cy, case, convention):
@@ -283,41 +334,29 @@ def _blocked(cy, case, convention):
     return (out,) + tuple(grads)
 
 
-_THREADS_SCRIPT = """
-import sys, numpy as np
-from refdcn import backends
-from test_cython import _blocked, _odd_case
-cy = backends.get("cython")
-assert cy.threads() == int(sys.argv[2]), (cy.threads(), sys.argv[2])
-results = _blocked(cy, _odd_case(np.float64, batch=3), "torchvision")
-np.savez(sys.argv[1], *results)
-"""
+def test_bitwise_independent_of_thread_count(cy, monkeypatch):
+    """1, 2 and 3 of refdcn's threads, every kernel in ranges on them: the same bits."""
+    monkeypatch.setattr(cy, "SERIAL_WORK", 0)
+    case = _odd_case(np.float64, batch=3)
+    saved = parallel.num_threads()
+    try:
+        parallel.set_num_threads(1)
+        want = _blocked(cy, case, "torchvision")
+        for threads in (2, 3):
+            parallel.set_num_threads(threads)
+            assert cy.threads() == threads
+            got = _blocked(cy, case, "torchvision")
+            for i, (g, w) in enumerate(zip(got, want)):
+                assert g.tobytes() == w.tobytes(), (threads, i)
+    finally:
+        parallel.set_num_threads(saved)
 
 
-def test_bitwise_independent_of_thread_count(cy, tmp_path):
-    """1 and 3 OpenMP threads (in fresh processes) give the bits of this process."""
-    import subprocess
-    import sys
-    if not cy.OPENMP:
-        pytest.skip("serial build: one thread only")
-    want = _blocked(cy, _odd_case(np.float64, batch=3), "torchvision")
-    for threads in (1, 3):
-        out = tmp_path / f"t{threads}.npz"
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads),
-                   PYTHONPATH=os.pathsep.join([str(ROOT.parent), str(pathlib.Path(__file__).parent),
-                                               os.environ.get("PYTHONPATH", "")]))
-        # cwd=tmp_path: "python -c" puts the working directory first on sys.path, which
-        # in a source checkout would shadow the installed (compiled) package
-        subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(out), str(threads)], env=env,
-                       check=True, timeout=120, cwd=tmp_path)
-        with np.load(out) as got:
-            for i, w in enumerate(want):
-                assert got[f"arr_{i}"].tobytes() == w.tobytes(), (threads, i)
-
-
-def test_openmp_status_is_reported(cy, kernels):
-    assert isinstance(cy.OPENMP, bool) and cy.OPENMP == kernels.OPENMP
-    assert ("OpenMP," in cy.DESCRIPTION) == cy.OPENMP
-    assert cy.threads() >= 1
-    if not cy.OPENMP:
-        assert cy.threads() == 1 and "without OpenMP" in cy.DESCRIPTION
+def test_no_openmp(cy, kernels):
+    """The kernels run on refdcn's threads: no OpenMP runtime linked, none of its knobs left."""
+    for name in ("OPENMP", "max_threads", "_set_tile", "_set_col2im_table_bytes"):
+        assert not hasattr(kernels, name) and not hasattr(cy, name), name
+    assert cy.CAPABILITIES.threads and cy.threads() == parallel.num_threads()
+    assert cy.KERNELS.layout == "channels_last"
+    binary = pathlib.Path(kernels.__file__).read_bytes()
+    assert b"GOMP_" not in binary and b"omp_get_" not in binary

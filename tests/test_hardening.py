@@ -21,7 +21,8 @@ AVAILABLE = backends.available()
 # ----------------------------------------------------------------------------- fork safety
 #
 # Large enough that every kernel takes its parallel path (more column elements
-# than the Numba backend's serial threshold; any size opens an OpenMP team).
+# than the serial threshold of the numba and cython backends, whose kernels run on
+# refdcn's own threads: a child restarts them on first use).
 FORK_CASE = dict(seed=11, batch=4, in_channels=16, out_channels=8, height=20, width=22,
                  kernel=(3, 2), padding=1, groups=2, offset_groups=2)
 #: A small case for the backends that run Python per element (the loops, the CUDA simulator).

@@ -95,9 +95,9 @@ def padded_shape(batch, channels, height, width, itemsize):
     return (batch, (height + PAD) * (width + PAD), row_stride(channels, itemsize))
 
 
-def pixel_tasks(batch, geom):
-    """Tasks of ``im2col`` and ``coordinate_gradients``: (image, :data:`CHUNK` output pixels)."""
-    return batch * -(-geom.out_pixels // CHUNK)
+def pixel_tasks(batch, geom, chunk):
+    """Tasks of ``im2col`` and ``coordinate_gradients``: (image, ``chunk`` output pixels)."""
+    return batch * -(-geom.out_pixels // chunk)
 
 
 def channel_block(batch, channels):

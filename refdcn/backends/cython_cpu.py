@@ -52,6 +52,9 @@ DESCRIPTION = ("compiled Cython channels-last im2col/col2im on refdcn's threads"
 #: on the worker threads).
 SERIAL_WORK = _tasks.SERIAL_WORK
 
+#: Output pixels per task of ``im2col`` and ``coordinate_gradients`` (tests make it small).
+CHUNK = _tasks.CHUNK
+
 
 def threads():
     """Number of threads the kernels use (:func:`refdcn.parallel.num_threads`)."""
@@ -145,9 +148,9 @@ def im2col(input, offset, mask, geom, columns, padded=None):
         return
     offset = _flat(offset, geom)
     mask, has_mask = _mask(mask, offset, geom)
-    _run(_kernels.im2col, columns.size, _tasks.pixel_tasks(columns.shape[0], geom),
+    _run(_kernels.im2col, columns.size, _tasks.pixel_tasks(columns.shape[0], geom, CHUNK),
          channels_last(input) if padded is None else padded, offset, mask, has_mask,
-         geom.kernel_record(), columns, _tasks.CHUNK)
+         geom.kernel_record(), columns, CHUNK)
 
 
 def col2im(grad_columns, offset, mask, geom, grad_input, padded=None, block=None):
@@ -184,9 +187,9 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention, gr
     mask, has_mask = _mask(mask, offset, geom)
     grad_mask, has_grad_mask = _mask(grad_mask, grad_offset, geom)
     _run(_kernels.coordinate_gradients, grad_columns.size,
-         _tasks.pixel_tasks(grad_columns.shape[0], geom), grad_columns, padded, offset, mask,
+         _tasks.pixel_tasks(grad_columns.shape[0], geom, CHUNK), grad_columns, padded, offset, mask,
          has_mask, geom.kernel_record(), convention == bilinear.BORDER_TORCHVISION,
-         grad_offset, grad_mask, has_grad_mask, _tasks.CHUNK)
+         grad_offset, grad_mask, has_grad_mask, CHUNK)
 
 
 #: The kernels of this backend for :mod:`refdcn.driver` (``"channels_last"`` layout; the

@@ -432,7 +432,7 @@ def im2col(input, offset, mask, geom, columns, padded=None):
         ``channels_last(input)``, if the caller already has it.
     """
     if columns.size:
-        _im2col(columns.size, _tasks.pixel_tasks(columns.shape[0], geom),
+        _im2col(columns.size, _tasks.pixel_tasks(columns.shape[0], geom, CHUNK),
                 channels_last(input) if padded is None else padded,
                 _flat(offset, geom), _flat(mask, geom), geom.kernel_record(), columns, CHUNK)
 
@@ -468,7 +468,7 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
         return
     if padded is None:
         padded = channels_last(input)
-    _coordinate_gradients(grad_columns.size, _tasks.pixel_tasks(grad_columns.shape[0], geom),
+    _coordinate_gradients(grad_columns.size, _tasks.pixel_tasks(grad_columns.shape[0], geom, CHUNK),
                           grad_columns, padded, _flat(offset, geom), _flat(mask, geom),
                           geom.kernel_record(), convention == bilinear.BORDER_TORCHVISION,
                           _flat(grad_offset, geom), _flat(grad_mask, geom), CHUNK)
