@@ -95,6 +95,21 @@ def padded_shape(batch, channels, height, width, itemsize):
     return (batch, (height + PAD) * (width + PAD), row_stride(channels, itemsize))
 
 
+def channels_last(input, kernel):
+    """``input`` (B, C, H, W) as zero-padded channels-last planes, copied by ``kernel``.
+
+    Returns an array of shape (B, (H+3)*(W+3), C_stride) (:func:`padded_shape`):
+    pixel ``(y, x)`` is row ``(y+2)*(W+3) + x+2``; the two rows/columns before
+    and the one after the image are zero.  ``kernel(work, tasks, input,
+    padded)`` is a backend's copy kernel over the tasks (image, padded row).
+    """
+    B, C, H, W = input.shape
+    padded = np.empty(padded_shape(B, C, H, W, input.itemsize), input.dtype)
+    if padded.size:
+        kernel(input.size, B * (H + PAD), input, padded)
+    return padded
+
+
 def pixel_tasks(batch, geom, chunk):
     """Tasks of ``im2col`` and ``coordinate_gradients``: (image, ``chunk`` output pixels)."""
     return batch * -(-geom.out_pixels // chunk)

@@ -1,4 +1,4 @@
-"""Backend ``"cython"``: channels-last Cython kernels on refdcn's threads + one matrix product per group.
+"""Backend ``"cython"``: channels-last Cython kernels on refdcn's threads + one GEMM per group.
 
 The deformable sampling steps (the padded channels-last copy of the input,
 im2col, col2im, coordinate gradients) are the kernels of
@@ -62,7 +62,10 @@ def threads():
 
 
 def _run(kernel, work, tasks, *args):
-    """``kernel(*args, first, last)`` over tasks ``0 .. tasks-1`` (:func:`refdcn.backends._tasks.run`)."""
+    """``kernel(*args, first, last)`` over tasks ``0 .. tasks-1``.
+
+    :func:`refdcn.backends._tasks.run`, with this module's :data:`SERIAL_WORK`.
+    """
     _tasks.run(kernel, args, work, tasks, SERIAL_WORK)
 
 
@@ -119,17 +122,10 @@ def _mask(mask, stand_in, geom):
 def channels_last(input):
     """``input`` (B, C, H, W) as zero-padded channels-last planes.
 
-    Returns an array of shape (B, (H+3)*(W+3), C_stride)
-    (:func:`refdcn.backends._tasks.padded_shape`): pixel ``(y, x)`` is row
-    ``(y+2)*(W+3) + x+2``; the two rows/columns before and the one after the
-    image are zero.
+    (:func:`refdcn.backends._tasks.channels_last` with this backend's copy kernel.)
     """
-    B, C, H, W = input.shape
-    padded = np.empty(_tasks.padded_shape(B, C, H, W, input.itemsize), input.dtype)
-    if padded.size:
-        _run(_kernels.channels_last, input.size, B * (padded.shape[1] // (W + _tasks.PAD)),
-             input, padded)
-    return padded
+    return _tasks.channels_last(
+        input, lambda work, tasks, *args: _run(_kernels.channels_last, work, tasks, *args))
 
 
 def im2col(input, offset, mask, geom, columns, padded=None):
@@ -187,8 +183,8 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention, gr
     mask, has_mask = _mask(mask, offset, geom)
     grad_mask, has_grad_mask = _mask(grad_mask, grad_offset, geom)
     _run(_kernels.coordinate_gradients, grad_columns.size,
-         _tasks.pixel_tasks(grad_columns.shape[0], geom, CHUNK), grad_columns, padded, offset, mask,
-         has_mask, geom.kernel_record(), convention == bilinear.BORDER_TORCHVISION,
+         _tasks.pixel_tasks(grad_columns.shape[0], geom, CHUNK), grad_columns, padded, offset,
+         mask, has_mask, geom.kernel_record(), convention == bilinear.BORDER_TORCHVISION,
          grad_offset, grad_mask, has_grad_mask, CHUNK)
 
 

@@ -405,16 +405,9 @@ _flat = _tasks.flat
 def channels_last(input):
     """``input`` (B, C, H, W) as zero-padded channels-last planes.
 
-    Returns an array of shape (B, (H+3)*(W+3), C_stride)
-    (:func:`refdcn.backends._tasks.padded_shape`): pixel ``(y, x)`` is row
-    ``(y+2)*(W+3) + x+2``; the two rows/columns before and the one after the
-    image are zero.
+    (:func:`refdcn.backends._tasks.channels_last` with this backend's copy kernel.)
     """
-    B, C, H, W = input.shape
-    padded = np.empty(_tasks.padded_shape(B, C, H, W, input.itemsize), input.dtype)
-    if padded.size:
-        _channels_last(input.size, B * (padded.shape[1] // (W + PAD)), input, padded)
-    return padded
+    return _tasks.channels_last(input, _channels_last)
 
 
 def im2col(input, offset, mask, geom, columns, padded=None):
