@@ -90,9 +90,12 @@ INSTALL_HINTS = {
             "or set NUMBA_ENABLE_CUDASIM=1 to run on the CUDA simulator",
 }
 
-#: Preference order of CPU backends for ``backend="auto"``, fastest first.
-#: Measured by ``refdcn bench`` on a 2-core machine (README, "Speed").
-AUTO_ORDER = ("numba", "cython", "numpy")
+#: Preference order of CPU backends for ``backend="auto"``.  ``cython`` and ``numba``
+#: run the same channels-last kernels (bitwise the same results) at the same speed
+#: within the noise of ``refdcn bench`` (README, "Speed"); ``cython`` comes first because
+#: it is compiled ahead of time: a fresh process's first call does not wait for Numba's
+#: JIT (``refdcn bench --first-call``).  ``numba`` serves where the extension was not built.
+AUTO_ORDER = ("cython", "numba", "numpy")
 
 _modules = {}
 _errors = {}
