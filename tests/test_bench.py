@@ -109,6 +109,18 @@ def test_beside_times_each_context_in_its_own_process(capsys, tmp_path):
         assert row["backend"] == "numpy" and row["forward_ms"] > 0
 
 
+@pytest.mark.parametrize("name", ["torch", "openvino"])
+def test_beside_contexts_set_up_with_the_installed_library(name):
+    """The torch and openvino contexts run their library once in this process (the API each
+    uses exists in the installed version: OpenVINO 2026 removed ``openvino.runtime``)."""
+    pytest.importorskip(name)
+    from refdcn.benchmarks import contexts
+    assert contexts.context_available(name) is None
+    contexts.enter_context(name, 1)
+    if name == "openvino":
+        assert contexts._openvino_model is not None
+
+
 def test_profile_times_the_steps_without_changing_the_result():
     """``--profile``'s timed kernel set computes the same bits, and counts every GEMM FLOP."""
     from refdcn import driver

@@ -71,7 +71,7 @@ def enter_context(name, threads):
     elif name == "openvino":
         import numpy as np
         import openvino as ov
-        import openvino.runtime.opset8 as ops
+        import openvino.opset8 as ops       # openvino.runtime was removed in 2026
         x = ops.parameter([1, 16, 32, 32], np.float32)
         w = ops.constant(np.ones((16, 16, 3, 3), np.float32))
         model = ov.Model([ops.convolution(x, w, [1, 1], [1, 1], [1, 1], [1, 1])], [x])
