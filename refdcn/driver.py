@@ -541,12 +541,12 @@ def _forward_tiles(ks, out, input, offset, mask, weight, geom, dtype):
         columns = call.columns(tg)
         ks.im2col(input[t.start:t.stop], call.rows(offset, t), call.rows(mask, t), tg, columns,
                   call.prepared(input, t, tg))
-        if t.row0 == 0 and t.row1 == geom.out_h:      # whole images: every product at once
-            dst = out[t.start:t.stop].reshape((t.stop - t.start) * G, O, tg.out_pixels)
-            ks.matmul(wmat, _column_stack(ks, columns, tg), dst, trans_b=trans_b)
-        else:
-            dst = tile_out[:geom.out_channels * tg.out_pixels].reshape(G, O, tg.out_pixels)
-            ks.matmul(wmat, _column_stack(ks, columns, tg), dst, trans_b=trans_b)
+        whole = t.row0 == 0 and t.row1 == geom.out_h
+        # every product of the tile's images and groups at once (a row range: one image's)
+        dst = (out[t.start:t.stop] if whole else tile_out[:geom.out_channels * tg.out_pixels]
+               ).reshape((t.stop - t.start) * G, O, tg.out_pixels)
+        ks.matmul(wmat, _column_stack(ks, columns, tg), dst, trans_b=trans_b)
+        if not whole:
             ks.assign(out[t.start, :, t.row0 * W_out:t.row1 * W_out],
                       dst.reshape(geom.out_channels, tg.out_pixels))
 

@@ -143,6 +143,18 @@ def reference_results(case, convention="torchvision", backend="reference"):
     return {"output": out, **g._asdict()}
 
 
+def all_results(case, backend, convention="torchvision"):
+    """Output and five gradients of ``case`` on ``backend`` in the case's own dtype, as a list
+    of arrays (None for an absent mask or bias gradient); floating-point warnings silenced
+    (non-finite cases)."""
+    from . import api
+    with np.errstate(all="ignore"):
+        out = api.deform_conv2d(*case.args(), backend=backend)
+        grads = api.deform_conv2d_backward(case.grad_output, *case.args(), backend=backend,
+                                           convention=convention)
+    return [np.asarray(out)] + [None if g is None else np.asarray(g) for g in grads]
+
+
 def compare(actual, expected, case=None, dtype=np.float64):
     """Compare result dicts; returns ``{quantity: (ok, error, allowed)}``.
 

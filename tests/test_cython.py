@@ -32,7 +32,7 @@ from refdcn import backends, bilinear, conformance, parallel
 from refdcn.backends import _tasks
 from refdcn.geometry import check_arguments
 from refdcn.backends import numpy_cpu as numpy_backend
-from refdcn.testing import compare, make_case, reference_results
+from refdcn.testing import all_results, compare, make_case, reference_results
 
 ROOT = pathlib.Path(refdcn.__file__).parent
 CONVENTIONS = {"torchvision": bilinear.BORDER_TORCHVISION, "mmcv": bilinear.BORDER_MMCV}
@@ -236,15 +236,6 @@ def test_columns_bitwise_equal_to_numpy_backend(cy, dtype, offsets):
         assert np.array_equal(_as_rows(got, geom), want, equal_nan=True)
 
 
-def _all_results(case, backend, convention):
-    """Output and five gradients, as arrays (None for an absent mask gradient)."""
-    with np.errstate(all="ignore"):
-        out = refdcn.deform_conv2d(*case.args(), backend=backend)
-        grads = refdcn.deform_conv2d_backward(case.grad_output, *case.args(), backend=backend,
-                                              convention=convention)
-    return [np.asarray(out)] + [None if g is None else np.asarray(g) for g in grads]
-
-
 @pytest.mark.parametrize("mode", ["serial", "parallel"])
 def test_bitwise_equal_to_numba_backend_on_conformance_cases(cy, mode, monkeypatch):
     """The numba backend's kernels, ported: bitwise its results on every conformance case.
@@ -263,8 +254,8 @@ def test_bitwise_equal_to_numba_backend_on_conformance_cases(cy, mode, monkeypat
         for dtype in (np.float32, np.float64):
             case = named.build().astype(dtype)
             for convention in CONVENTIONS:
-                want = _all_results(case, "numba", convention)
-                got = _all_results(case, "cython", convention)
+                want = all_results(case, "numba", convention)
+                got = all_results(case, "cython", convention)
                 differ += [(named.name, dtype.__name__, convention, i)
                            for i, (a, b) in enumerate(zip(got, want))
                            if (a is None) != (b is None)

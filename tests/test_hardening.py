@@ -14,7 +14,7 @@ import pytest
 
 import refdcn
 from refdcn import backends
-from refdcn.testing import make_case
+from refdcn.testing import all_results, make_case
 
 AVAILABLE = backends.available()
 
@@ -127,14 +127,6 @@ def nonfinite_case(place, value, dtype):
     array.flat[0] = value
     array[tuple(s // 2 for s in array.shape)] = value
     return case.astype(dtype)
-
-
-def all_results(case, backend, convention):
-    with np.errstate(all="ignore"):
-        out = refdcn.deform_conv2d(*case.args(), backend=backend)
-        grads = refdcn.deform_conv2d_backward(case.grad_output, *case.args(), backend=backend,
-                                              convention=convention)
-    return [np.asarray(out)] + [None if g is None else np.asarray(g) for g in grads]
 
 
 def nonfinite_mismatches(backend, place, value, dtype, convention):

@@ -16,13 +16,13 @@ Usage: ``python scripts/speed/gemm_rates.py`` (medians of 15 calls).  Needs
 threadpoolctl, onnx and onnxruntime.
 """
 
-import time
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 from threadpoolctl import threadpool_limits
+
+from refdcn.benchmarks.cpu import median_times
 
 #: (C_out, C_in*K, P) of the README's shapes (K = 9).
 SHAPES = [(16, 144, 1024), (64, 576, 784), (128, 1152, 1024), (256, 2304, 4096),
@@ -30,14 +30,8 @@ SHAPES = [(16, 144, 1024), (64, 576, 784), (128, 1152, 1024), (256, 2304, 4096),
 
 
 def median_seconds(function, repeats=15):
-    function()
-    function()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    """Median seconds of ``function`` (refdcn bench's timing: 2 warm-up calls first)."""
+    return median_times([function], repeats, warmup=2, settle=0)[0]
 
 
 def onnx_matmul(M, K, N, threads):

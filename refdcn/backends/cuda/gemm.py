@@ -14,6 +14,7 @@ computes float32 products in float32 (TF32 stays off unless ``CUPY_TF32=1`` or
 
 import numpy as np
 
+from ...driver import stack_chunks
 from . import settings
 from .interop import cupy
 from .launch import launch_blocks
@@ -138,7 +139,6 @@ def matmul(a, b, out, trans_a=False, trans_b=False, accumulate=False):
     (``out[z % len(out)] (+)= op(a[z % len(a)]) @ op(b[z % len(b)])``): each chunk of
     equal stacks (:func:`refdcn.driver.stack_chunks`) is one launch (or cuBLAS loop);
     ``op`` transposes when asked."""
-    from ...driver import stack_chunks
     for ai, bi, ci in stack_chunks(a, b, out):
         _equal_stacks(ai, bi, ci, trans_a, trans_b, accumulate)
 
