@@ -128,19 +128,27 @@ class _Job:
         self.work()
 
     def work(self):
-        while True:
-            i = self.take()
-            if i >= self.n:
-                return
-            try:
-                self.task(i)
-            except BaseException as exc:   # re-raised in the caller
-                if self.error is None:
-                    self.error = exc
-            with self.lock:
-                self.finished += 1
-                if self.finished == self.n:
-                    self.done.set()
+        outer, _inside.task = getattr(_inside, "task", False), True
+        try:
+            while True:
+                i = self.take()
+                if i >= self.n:
+                    return
+                try:
+                    self.task(i)
+                except BaseException as exc:   # re-raised in the caller
+                    if self.error is None:
+                        self.error = exc
+                with self.lock:
+                    self.finished += 1
+                    if self.finished == self.n:
+                        self.done.set()
+        finally:
+            _inside.task = outer
+
+
+#: ``_inside.task`` is true in a thread while it runs tasks of :func:`run`.
+_inside = threading.local()
 
 
 class _Pool:
@@ -209,7 +217,11 @@ def run(n, task, threads=None):
     The calling thread takes tasks too; ``task`` must release the GIL to run
     in parallel (Numba ``nogil=True``, Cython ``with nogil``).  Tasks may run
     in any order and on any thread.  The first exception raised by a task is
-    re-raised here, after every started task has finished.
+    re-raised here, after every started task has finished.  Called from a
+    task (nested), it runs every task in the calling thread: the threads are
+    busy with the outer call already.  In the calling thread alone (one
+    thread, one task, or nested) the tasks run in order, and an exception
+    stops them.
 
     Parameters
     ----------
@@ -223,11 +235,12 @@ def run(n, task, threads=None):
     threads = num_threads() if threads is None else threads
     if n <= 0:
         return
-    job = _Job(n, task, max(0, min(threads - 1, n - 1)))
-    if job.helpers == 0:
-        job.work()
-    else:
-        _get_pool(job.helpers).run(job)
+    if threads <= 1 or n == 1 or getattr(_inside, "task", False):
+        for i in range(n):
+            task(i)
+        return
+    job = _Job(n, task, min(threads - 1, n - 1))
+    _get_pool(job.helpers).run(job)
     job.task = None          # a late worker may still hold the job: not its arrays
     if job.error is not None:
         raise job.error

@@ -7,6 +7,7 @@ derived element-wise bounds of :mod:`refdcn.tolerances`, for both conventions.
 """
 
 import contextlib
+import dataclasses
 
 import numpy as np
 import pytest
@@ -362,3 +363,57 @@ def test_kernel_record_is_accepted_by_numba_and_numba_cuda(target):
     done = subprocess.run([sys.executable, "-c", _RECORD_SCRIPT, target], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+
+
+FUSED = [b for b in BLOCKED if backends.get(b).KERNELS.im2col_pixels is not None]
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_forward_tiles(backend, dtype, monkeypatch):
+    """The fused forward (tiles of ``driver.pixel_tile`` output pixels, each sampled by
+    ``im2col_pixels`` and multiplied at once), in tiles of 7 pixels that do not divide the
+    25-pixel images, on 1, 2 and 3 threads and with bounds of 1 and 3 images: bitwise the
+    same every way, one sampling call per tile, and every output element the product of
+    the columns that the unfused im2col samples, within the a-priori bound of a dot
+    product of ``Cg*K`` terms, gamma_n * |W| @ |columns| (Higham, eq. 3.5)."""
+    from refdcn import parallel
+    from refdcn.tolerances import gamma
+    case = make_case(seed=21, batch=3, in_channels=4, out_channels=6, height=5, width=4,
+                     kernel=(3, 2), stride=1, padding=1, groups=2,
+                     offset_groups=2).astype(dtype)
+    geom = refdcn.geometry.check_arguments(*case.args())
+    itemsize = np.dtype(dtype).itemsize
+    monkeypatch.setattr(driver, "PIXEL_TILE_BYTES", 1)
+    monkeypatch.setattr(driver, "PIXEL_TILE_MIN", 7)
+    monkeypatch.setattr(parallel, "SMALL_GEMM_FLOPS", 0)         # tiles on the threads
+    assert driver.pixel_tile(geom, itemsize) == 7 and geom.out_pixels == 25
+    kernels = backends.get(backend).KERNELS
+    calls = []
+    ks = dataclasses.replace(kernels, im2col_pixels=lambda *a: (calls.append(a[6]),
+                                                                kernels.im2col_pixels(*a)))
+    x, off, m, w = (np.ascontiguousarray(a) for a in (case.input, case.offset, case.mask,
+                                                      case.weight))
+    results = []
+    for threads in (1, 2, 3):
+        for images in (1, 3):
+            parallel.set_num_threads(threads)
+            refdcn.set_column_memory(ks.tile_bytes(geom.with_batch(images), itemsize))
+            try:
+                calls.clear()
+                results.append(driver.forward(ks, x, off, m, w, None, geom, dtype))
+            finally:
+                parallel.set_num_threads(None)
+                refdcn.set_column_memory(None)
+            assert sorted(calls) == sorted([0, 7, 14, 21] * geom.batch)
+    for other in results[1:]:
+        assert other.dtype == results[0].dtype and other.tobytes() == results[0].tobytes()
+    columns = np.empty((geom.batch, geom.groups, geom.out_pixels,
+                        geom.taps * geom.in_per_group), dtype)
+    kernels.im2col(x, off, m, geom, columns, None)
+    wmat = driver.weight_matrix(kernels, w, geom).astype(np.float64)
+    cols = columns.astype(np.float64)
+    exact = np.einsum("gok,bgpk->bgop", wmat, cols)
+    scale = np.einsum("gok,bgpk->bgop", np.abs(wmat), np.abs(cols))
+    got = results[0].reshape(exact.shape)
+    assert (np.abs(got - exact) <= gamma(cols.shape[-1], dtype) * scale).all()

@@ -202,3 +202,19 @@ def test_products_stay_in_the_caller_without_a_controllable_blas(monkeypatch):
     assert callers == {1}
     for z in range(6):
         _assert_within_product_bound(out[z], [(a[z % 2], b[z].T)])
+
+
+def test_a_nested_call_runs_in_the_calling_thread():
+    """run() called from a task runs its tasks in that task's thread (the pool is busy
+    with the outer call), each exactly once."""
+    inner = {}
+    barrier = threading.Barrier(2, timeout=10)
+
+    def outer(i):
+        barrier.wait()               # both outer tasks in flight: two threads
+        me = threading.get_ident()
+        parallel.run(5, lambda j: inner.setdefault((i, j), set()).add(threading.get_ident()),
+                     threads=2)
+        assert all(inner[(i, j)] == {me} for j in range(5))
+    parallel.run(2, outer, threads=2)
+    assert sorted(inner) == [(i, j) for i in range(2) for j in range(5)]

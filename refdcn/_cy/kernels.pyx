@@ -9,7 +9,7 @@ the same operations in the same order, so that the results are bitwise those
 of the ``"numba"`` backend (``tests/test_cython.py``)::
 
     channels_last(input, padded, first, last)
-    im2col(padded, offset, mask, has_mask, geo, columns, chunk, first, last)
+    im2col(padded, offset, mask, has_mask, geo, columns, pixel0, chunk, first, last)
     col2im(grad_columns, offset, mask, has_mask, geo, grad_input, block, scratch, first, last)
     coordinate_gradients(grad_columns, padded, offset, mask, has_mask, geo, closed,
                          grad_offset, grad_mask, has_grad_mask, chunk, first, last)
@@ -198,11 +198,12 @@ def channels_last(const real[:, :, :, ::1] input, real[:, :, ::1] padded, Py_ssi
 
 def im2col(const real[:, :, ::1] padded, const real[:, :, ::1] offset,
            const real[:, :, ::1] mask, bint has_mask, geo, real[:, :, :, ::1] columns,
-           Py_ssize_t chunk, Py_ssize_t first, Py_ssize_t last):
-    """``columns[b, g, p, k*Cg + cl] = m * interpolate(corners of channel g*Cg + cl)``.
+           Py_ssize_t pixel0, Py_ssize_t chunk, Py_ssize_t first, Py_ssize_t last):
+    """``columns[b, g, p - pixel0, k*Cg + cl] = m * interpolate(corners of channel g*Cg + cl)``.
 
-    Tasks: (image ``b``, output pixels ``[i*chunk, (i+1)*chunk)``),
-    ``t = b*chunks + i``.  Per sample: located once, its corner weights once,
+    ``columns`` (B, G, n, K*Cg) holds the output pixels ``pixel0 .. pixel0+n-1``
+    (all of them: ``pixel0 = 0``, ``n = P``).  Tasks: (image ``b``, output
+    pixels ``pixel0 + [i*chunk, (i+1)*chunk)``), ``t = b*chunks + i``.  Per sample: located once, its corner weights once,
     then :func:`weighted_sum` over the contiguous channels of its offset group
     (split by convolution group), in double, times the mask, rounded once.
     """
@@ -222,8 +223,8 @@ def im2col(const real[:, :, ::1] padded, const real[:, :, ::1] offset,
     with nogil:
         for t in range(first, last):
             b = t // chunks
-            p0 = (t - b * chunks) * chunk
-            for p in range(p0, min(P, p0 + chunk)):
+            p0 = pixel0 + (t - b * chunks) * chunk
+            for p in range(p0, min(pixel0 + P, p0 + chunk)):
                 for d in range(D):
                     for k in range(K):
                         kk = d * K + k
@@ -238,7 +239,7 @@ def im2col(const real[:, :, ::1] padded, const real[:, :, ::1] offset,
                             r01 = r00 + S
                             r10 = r00 + Wp * S
                             r11 = r10 + S
-                            dst = &columns[b, g, p, col]
+                            dst = &columns[b, g, p - pixel0, col]
                             if has_mask:
                                 m = mask[b, kk, p]
                                 for u in range(n):

@@ -146,7 +146,24 @@ def im2col(input, offset, mask, geom, columns, padded=None):
     mask, has_mask = _mask(mask, offset, geom)
     _run(_kernels.im2col, columns.size, _tasks.pixel_tasks(columns.shape[0], geom, CHUNK),
          channels_last(input) if padded is None else padded, offset, mask, has_mask,
-         geom.kernel_record(), columns, CHUNK)
+         _tasks.kernel_record(geom), columns, 0, CHUNK)
+
+
+def im2col_pixels(input, offset, mask, geom, tile, image, pixel0, padded=None):
+    """:func:`im2col` of output pixels ``pixel0 .. pixel0+n-1`` of one image, in this thread.
+
+    The fused forward's sampling step (:attr:`refdcn.driver.KernelSet.im2col_pixels`);
+    arguments as for :func:`refdcn.backends.numba_cpu.im2col_pixels`.
+    """
+    if padded is None:
+        padded, first = channels_last(input[image:image + 1]), 0
+    else:
+        first = image
+    offset = _flat(offset, geom)
+    mask, has_mask = _mask(mask, offset, geom)
+    _kernels.im2col(padded[first:first + 1], offset[image:image + 1], mask[image:image + 1],
+                    has_mask, _tasks.kernel_record(geom), tile[None], pixel0,
+                    max(1, tile.shape[1]), 0, 1)
 
 
 def col2im(grad_columns, offset, mask, geom, grad_input, padded=None, block=None):
@@ -165,7 +182,7 @@ def col2im(grad_columns, offset, mask, geom, grad_input, padded=None, block=None
     offset = _flat(offset, geom)
     mask, has_mask = _mask(mask, offset, geom)
     _run(_kernels.col2im, grad_columns.size, scratch.shape[0], grad_columns, offset, mask,
-         has_mask, geom.kernel_record(), grad_input, block, scratch)
+         has_mask, _tasks.kernel_record(geom), grad_input, block, scratch)
 
 
 def coordinate_gradients(grad_columns, input, offset, mask, geom, convention, grad_offset,
@@ -184,7 +201,7 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention, gr
     grad_mask, has_grad_mask = _mask(grad_mask, grad_offset, geom)
     _run(_kernels.coordinate_gradients, grad_columns.size,
          _tasks.pixel_tasks(grad_columns.shape[0], geom, CHUNK), grad_columns, padded, offset,
-         mask, has_mask, geom.kernel_record(), convention == bilinear.BORDER_TORCHVISION,
+         mask, has_mask, _tasks.kernel_record(geom), convention == bilinear.BORDER_TORCHVISION,
          grad_offset, grad_mask, has_grad_mask, CHUNK)
 
 
@@ -193,5 +210,6 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention, gr
 #: coordinate gradients; the column buffer is the reused spare of :func:`_columns_buffer`).
 KERNELS = driver.KernelSet(im2col, col2im, coordinate_gradients, layout="channels_last",
                            prepare_input=lambda input, geom: channels_last(input),
-                           column_buffer=_columns_buffer, workspace=_tasks.workspace)
+                           column_buffer=_columns_buffer, workspace=_tasks.workspace,
+                           im2col_pixels=im2col_pixels)
 forward, backward = KERNELS.forward, KERNELS.backward

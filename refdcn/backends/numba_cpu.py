@@ -21,7 +21,9 @@ kernel, reads and writes contiguous memory and is vectorised by LLVM:
 
 Per image ``b`` and group ``g``:
 
-* forward: ``out[b, g] = W_g @ columns[b, g].T``;
+* forward: ``out[b, g] = W_g @ columns[b, g].T``, fused: the driver samples
+  tiles of output pixels with :func:`im2col_pixels` and multiplies each while
+  it is in cache (:func:`refdcn.driver.pixel_tile`);
 * backward: ``grad_W_g += G[b, g] @ columns[b, g]`` (images in batch order) and
   ``grad_columns[b, g] = G[b, g].T @ W_g``.
 
@@ -59,7 +61,9 @@ layer already chosen) changes this backend's speed, and only serial code is
 compiled (half the compile time of a ``parallel=True`` build).
 
 * ``im2col`` and ``coordinate_gradients``: tasks are (image, chunk of
-  output pixels); every output element is written by one task.  The channel
+  output pixels); every output element is written by one task
+  (``im2col_pixels``: one task, in the calling thread, which the driver's
+  fused forward runs on refdcn's threads).  The channel
   sums of the coordinate gradients are formed in float64 in a fixed order
   (eight interleaved partial sums, :func:`_fixed_order_sum`).
 * ``col2im``: tasks are (image, block of input channels).  The input
@@ -242,22 +246,24 @@ def _channels_last(input, padded, first, last):
 
 
 @_Kernel
-def _im2col(padded, offset, mask, geo, columns, chunk, first, last):
-    """``columns[b, g, p, k*Cg + cl] = m * interpolate(corners of channel g*Cg + cl)``.
+def _im2col(padded, offset, mask, geo, columns, pixel0, chunk, first, last):
+    """``columns[b, g, p - pixel0, k*Cg + cl] = m * interpolate(corners of channel g*Cg + cl)``.
 
     padded : (B, (H+3)*(W+3), C_stride); offset : (B, 2*D*K, P);
-    mask : (B, D*K, P) or None; columns : (B, G, P, K*Cg), out.
+    mask : (B, D*K, P) or None; columns : (B, G, n, K*Cg), out: the output
+    pixels ``pixel0 .. pixel0+n-1`` (all of them: ``pixel0 = 0``, ``n = P``).
+    Tasks: (image ``b``, pixels ``pixel0 + [i*chunk, (i+1)*chunk)``).
     """
     Wp = geo.width + PAD
-    B, P = columns.shape[0], columns.shape[2]
+    B, n = columns.shape[0], columns.shape[2]
     K, D = geo.taps, geo.offset_groups
     in_per_group, in_per_offset_group = geo.in_per_group, geo.in_per_offset_group
-    chunks = (P + chunk - 1) // chunk
+    chunks = (n + chunk - 1) // chunk
     for t in range(first, last):
         b = t // chunks
-        p0 = (t - b * chunks) * chunk
+        p0 = pixel0 + (t - b * chunks) * chunk
         image = padded[b]
-        for p in range(p0, min(P, p0 + chunk)):
+        for p in range(p0, min(pixel0 + n, p0 + chunk)):
             for d in range(D):
                 for k in range(K):
                     kk = d * K + k
@@ -271,7 +277,7 @@ def _im2col(padded, offset, mask, geo, columns, chunk, first, last):
                         v01 = image[q + 1, c:stop]
                         v10 = image[q + Wp, c:stop]
                         v11 = image[q + Wp + 1, c:stop]
-                        dst = columns[b, g, p, col:col + stop - c]
+                        dst = columns[b, g, p - pixel0, col:col + stop - c]
                         for u in range(stop - c):
                             s = interpolate(v00[u], v01[u], v10[u], v11[u], ly, lx)
                             if mask is None:
@@ -427,7 +433,34 @@ def im2col(input, offset, mask, geom, columns, padded=None):
     if columns.size:
         _im2col(columns.size, _tasks.pixel_tasks(columns.shape[0], geom, CHUNK),
                 channels_last(input) if padded is None else padded,
-                _flat(offset, geom), _flat(mask, geom), geom.kernel_record(), columns, CHUNK)
+                _flat(offset, geom), _flat(mask, geom), _tasks.kernel_record(geom), columns, 0,
+                CHUNK)
+
+
+def im2col_pixels(input, offset, mask, geom, tile, image, pixel0, padded=None):
+    """:func:`im2col` of output pixels ``pixel0 .. pixel0+n-1`` of one image, in this thread.
+
+    The fused forward's sampling step (:attr:`refdcn.driver.KernelSet.im2col_pixels`):
+    the same kernel and values as :func:`im2col`, serially.
+
+    Parameters
+    ----------
+    input, offset, mask, padded : as for :func:`im2col` (all the images of the block)
+    tile : ndarray, shape (groups, n, K * C_in/groups), out
+        ``tile[g, i]`` is :func:`im2col`'s ``columns[image, g, pixel0 + i]``.
+    image : int
+        The image within the block.
+    pixel0 : int
+        The first output pixel (``oy*W_out + ox``).
+    """
+    if padded is None:
+        padded, first = channels_last(input[image:image + 1]), 0
+    else:
+        first = image
+    mask = _flat(mask, geom)
+    _im2col.serial(padded[first:first + 1], _flat(offset, geom)[image:image + 1],
+                   None if mask is None else mask[image:image + 1], _tasks.kernel_record(geom),
+                   tile[None], pixel0, max(1, tile.shape[1]), 0, 1)
 
 
 channel_block = _tasks.channel_block
@@ -447,7 +480,7 @@ def col2im(grad_columns, offset, mask, geom, grad_input, padded=None, block=None
     block = block or channel_block(B, C)
     scratch = _tasks.col2im_scratch(B, geom, block)
     _col2im(grad_columns.size, scratch.shape[0], grad_columns, _flat(offset, geom),
-            _flat(mask, geom), geom.kernel_record(), grad_input, block, scratch)
+            _flat(mask, geom), _tasks.kernel_record(geom), grad_input, block, scratch)
 
 
 def coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
@@ -463,7 +496,7 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
         padded = channels_last(input)
     _coordinate_gradients(grad_columns.size, _tasks.pixel_tasks(grad_columns.shape[0], geom, CHUNK),
                           grad_columns, padded, _flat(offset, geom), _flat(mask, geom),
-                          geom.kernel_record(), convention == bilinear.BORDER_TORCHVISION,
+                          _tasks.kernel_record(geom), convention == bilinear.BORDER_TORCHVISION,
                           _flat(grad_offset, geom), _flat(grad_mask, geom), CHUNK)
 
 
@@ -474,5 +507,5 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
 #: coordinate gradients).
 KERNELS = driver.KernelSet(im2col, col2im, coordinate_gradients, layout="channels_last",
                            prepare_input=lambda input, geom: channels_last(input),
-                           workspace=_tasks.workspace)
+                           workspace=_tasks.workspace, im2col_pixels=im2col_pixels)
 forward, backward = KERNELS.forward, KERNELS.backward

@@ -10,7 +10,8 @@ the kernels changes.  One call is split into:
               (the API call's time minus the driver's);
 ``layout``    ``prepare_input`` (e.g. the channels-last copy), ``contiguous``
               and ``assign`` (the copies of split tiles);
-``im2col``    the deformable sampling into the column buffer;
+``im2col``    the deformable sampling into the column buffer (``im2col``, or
+              ``im2col_pixels`` in a fused forward);
 ``GEMM``      every ``matmul`` (the BLAS), with its FLOP rate in place and the
               rate of the same products repeated alone on warm operands
               (``alone``: what the BLAS does on these shapes);
@@ -20,6 +21,12 @@ the kernels changes.  One call is split into:
 ``bias``      ``add_bias``/``bias_gradient``;
 ``driver``    the rest of the driver: its Python loop, weight transposes,
               slicing (the driver's time minus the steps above).
+
+A step that runs on several threads at once (the fused forward's tiles,
+sampled and multiplied by each thread) counts its time summed over the
+threads divided by the number of threads that ran it: the wall time it
+takes when the threads share it evenly.  Its GEMM rate alone replays the
+same products as tasks on the threads, as in the call.
 
 Every number is the median over the timed calls; the parts of one call are
 taken from the same call, so the median parts need not add up exactly to the
@@ -31,6 +38,7 @@ from dataclasses import dataclass, field, fields, replace
 import functools
 import statistics
 import sys
+import threading
 import time
 
 import numpy as np
@@ -41,7 +49,7 @@ from ..geometry import check_arguments
 #: KernelSet field -> step name.
 STEP_OF = {
     "prepare_input": "layout", "contiguous": "layout", "assign": "layout",
-    "im2col": "im2col", "matmul": "GEMM", "col2im": "col2im",
+    "im2col": "im2col", "im2col_pixels": "im2col", "matmul": "GEMM", "col2im": "col2im",
     "coordinate_gradients": "coordinate gradients",
     "empty": "alloc", "zeros": "alloc", "column_buffer": "alloc",
     "add_bias": "bias", "bias_gradient": "bias",
@@ -56,18 +64,36 @@ BACKWARD_STEPS = ("API", "layout", "im2col", "GEMM", "col2im", "coordinate gradi
 
 
 class StepClock:
-    """Accumulates wall time per step, and the shapes and FLOPs of the GEMMs."""
+    """Accumulates wall time per step (and the threads that ran it), and the GEMMs' FLOPs.
+
+    Steps may be timed on several threads at once (:meth:`add` takes a lock).
+    """
 
     def __init__(self):
+        self.lock = threading.Lock()
         self.reset()
 
     def reset(self):
         self.seconds = {}
+        self.threads = {}
         self.gemm_flops = 0.0
         self.gemm_calls = []
 
-    def add(self, step, seconds):
-        self.seconds[step] = self.seconds.get(step, 0.0) + seconds
+    def add(self, step, seconds, flops=0.0, call=None):
+        with self.lock:
+            self.seconds[step] = self.seconds.get(step, 0.0) + seconds
+            self.threads.setdefault(step, set()).add(threading.get_ident())
+            self.gemm_flops += flops
+            if call is not None:
+                self.gemm_calls.append(call)
+
+    def wall_seconds(self):
+        """Seconds per step, each divided by the number of threads that ran it."""
+        return {step: t / len(self.threads[step]) for step, t in self.seconds.items()}
+
+    def parallel_steps(self):
+        """The steps that ran on more than one thread."""
+        return {step for step, ids in self.threads.items() if len(ids) > 1}
 
 
 def _gemm_flops(a, b, out, trans_a=False, trans_b=False, accumulate=False):
@@ -81,13 +107,14 @@ def _timed(function, step, clock, gemm=False):
     def wrapper(*args, **kwargs):
         t0 = time.perf_counter()
         result = function(*args, **kwargs)
-        clock.add(step, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
         if gemm:
-            clock.gemm_flops += _gemm_flops(*args, **kwargs)
             a, b, out = args[:3]
-            clock.gemm_calls.append((a.shape, b.shape, out.shape, kwargs.get("trans_a", False),
-                                     kwargs.get("trans_b", False),
-                                     kwargs.get("accumulate", False), out.dtype))
+            clock.add(step, seconds, _gemm_flops(*args, **kwargs),
+                      (a.shape, b.shape, out.shape, kwargs.get("trans_a", False),
+                       kwargs.get("trans_b", False), kwargs.get("accumulate", False), out.dtype))
+        else:
+            clock.add(step, seconds)
         return result
     return wrapper
 
@@ -141,17 +168,22 @@ def _measure(run_api, run_driver, clock, steps, repeats, warmup):
         t0 = time.perf_counter()
         run_driver()
         t_driver = time.perf_counter() - t0
-        parts = dict(clock.seconds)
+        parts = clock.wall_seconds()
+        stepped = sum(parts.values())
         parts["API"] = max(0.0, t_api - t_driver)
-        parts["driver"] = max(0.0, t_driver - sum(clock.seconds.values()))
+        parts["driver"] = max(0.0, t_driver - stepped)
         samples.append(parts)
         totals.append(t_api)
-        gemm.append((clock.seconds.get("GEMM", 0.0), clock.gemm_flops))
+        gemm.append((parts.get("GEMM", 0.0), clock.gemm_flops))
     return statistics.median(totals) * 1e3, _median_parts(samples, steps), gemm
 
 
-def gemm_alone_rate(calls, repeats, warmup):
-    """GFLOP/s of the same matrix products on warm random operands, repeated alone."""
+def gemm_alone_rate(calls, repeats, warmup, as_tasks=False):
+    """GFLOP/s of the same matrix products on warm random operands, repeated alone.
+
+    One call after the other, or (``as_tasks``, as in a fused forward) every
+    call a task on :func:`refdcn.parallel.run`.
+    """
     from ..driver import numpy_matmul
     rng = np.random.default_rng(0)
     operands = []
@@ -165,12 +197,16 @@ def gemm_alone_rate(calls, repeats, warmup):
                                          accumulate=accumulate), count))
         flops += count * _gemm_flops(a, b, out, trans_a)
 
-    def run():
-        for a, b, out, kw, count in operands:
-            for _ in range(count):
-                numpy_matmul(a, b, out, **kw)
     from .cpu import median_times
     from .. import parallel
+    tasks = [(a, b, out, kw) for a, b, out, kw, count in operands for _ in range(count)]
+
+    def run():
+        if as_tasks:
+            parallel.run(len(tasks), lambda i: numpy_matmul(*tasks[i][:3], **tasks[i][3]))
+            return
+        for a, b, out, kw in tasks:
+            numpy_matmul(a, b, out, **kw)
     with parallel.single_threaded_blas():       # as the driver runs them
         return flops / median_times([run], repeats, warmup, settle=0)[0] / 1e9
 
@@ -204,6 +240,7 @@ def profile_backend(name, case, repeats, warmup):
         api_forward, lambda: driver.forward(timed, x, off, m, w, b, geom, dtype), clock,
         FORWARD_STEPS, repeats, warmup)
     calls = list(clock.gemm_calls)
+    fused = "GEMM" in clock.parallel_steps()
     bwd_total, bwd, _ = _measure(
         api_backward,
         lambda: driver.backward(timed, go, x, off, m, w, b, geom, dtype,
@@ -214,7 +251,8 @@ def profile_backend(name, case, repeats, warmup):
     return Profile(shape=geom_shape(geom), backend=name, forward=fwd,
                    backward=bwd, forward_total_ms=fwd_total, backward_total_ms=bwd_total,
                    gemm_gflops_in_place=flops / seconds / 1e9 if seconds else None,
-                   gemm_gflops_alone=gemm_alone_rate(calls, repeats, warmup) if calls else None)
+                   gemm_gflops_alone=(gemm_alone_rate(calls, repeats, warmup, as_tasks=fused)
+                                      if calls else None))
 
 
 def geom_shape(geom):
