@@ -25,6 +25,12 @@ from .. import parallel
 #: elements took 1.2-1.4x longer on two threads than on one; at 2^19.2, 0.8x).
 SERIAL_WORK = 1 << 19
 
+#: What one column element of ``coordinate_gradients`` counts for against
+#: :data:`SERIAL_WORK` (in im2col's elements): its work per element is about
+#: twice im2col's, and on the same machine it ran 1.3x faster on two threads
+#: than on one already at 2^17.2 elements.
+COORDINATE_GRADIENTS_COST = 4
+
 #: Ranges of tasks handed out per thread of a parallel kernel: more ranges
 #: balance the load (and let the threads that run take over from a starved
 #: one) at a cost of a few microseconds each.

@@ -199,7 +199,7 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention, gr
     offset, grad_offset = _flat(offset, geom), _flat(grad_offset, geom)
     mask, has_mask = _mask(mask, offset, geom)
     grad_mask, has_grad_mask = _mask(grad_mask, grad_offset, geom)
-    _run(_kernels.coordinate_gradients, grad_columns.size,
+    _run(_kernels.coordinate_gradients, grad_columns.size * _tasks.COORDINATE_GRADIENTS_COST,
          _tasks.pixel_tasks(grad_columns.shape[0], geom, CHUNK), grad_columns, padded, offset,
          mask, has_mask, _tasks.kernel_record(geom), convention == bilinear.BORDER_TORCHVISION,
          grad_offset, grad_mask, has_grad_mask, CHUNK)

@@ -494,7 +494,8 @@ def coordinate_gradients(grad_columns, input, offset, mask, geom, convention,
         return
     if padded is None:
         padded = channels_last(input)
-    _coordinate_gradients(grad_columns.size, _tasks.pixel_tasks(grad_columns.shape[0], geom, CHUNK),
+    _coordinate_gradients(grad_columns.size * _tasks.COORDINATE_GRADIENTS_COST,
+                          _tasks.pixel_tasks(grad_columns.shape[0], geom, CHUNK),
                           grad_columns, padded, _flat(offset, geom), _flat(mask, geom),
                           _tasks.kernel_record(geom), convention == bilinear.BORDER_TORCHVISION,
                           _flat(grad_offset, geom), _flat(grad_mask, geom), CHUNK)
