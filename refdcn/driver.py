@@ -133,7 +133,6 @@ import inspect
 import numbers
 import os
 import re
-import threading
 from typing import Callable, Optional
 
 import numpy as np
