@@ -646,7 +646,10 @@ def _forward_fused(ks, out, input, offset, mask, weight, geom, dtype):
             b, j = divmod(i, per_image)
             p0 = j * T
             n = min(T, P - p0)
-            buffer = free.pop() if free else ks.empty((G * T * width,), dtype)
+            try:
+                buffer = free.pop()
+            except IndexError:          # none free (checking first would race)
+                buffer = ks.empty((G * T * width,), dtype)
             tile = buffer[:G * n * width].reshape(G, n, width)
             ks.im2col_pixels(inp, off, m, tg, tile, b, p0, prepared)
             ks.matmul(wmat, tile, out_g[start + b, :, :, p0:p0 + n], trans_b=True)
