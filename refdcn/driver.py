@@ -85,9 +85,10 @@ Optional declarations and hooks (defaults: NumPy host arrays):
                         the calling thread, writes ``tile`` (groups, n, K*Cg)
                         with im2col's ``columns[image, :, pixel0:pixel0+n]``
                         (arguments as for im2col; ``geom`` the whole images').
-                        When declared, the forward runs fused
-                        (:func:`pixel_tile`), unless the BLAS's threads
-                        cannot be set (no threadpoolctl).
+                        ``tile`` is C-contiguous.  When declared, the
+                        forward runs fused (:func:`pixel_tile`), unless
+                        ``matmul`` is not :func:`numpy_matmul` or the
+                        BLAS's threads cannot be set (no threadpoolctl).
 
 ``layout``              ``"rows"`` or ``"channels_last"`` (above).
 ``col2im_accumulates``  col2im adds into ``grad_input`` (e.g. atomic adds)
@@ -322,11 +323,24 @@ def pixel_tile(geom, itemsize):
     As many pixels as :data:`PIXEL_TILE_BYTES` of columns hold (``C_in*K``
     elements per pixel), at least :data:`PIXEL_TILE_MIN`, at most the
     image's.  The fused forward takes at most the pixels of one of
-    :func:`plan`'s tiles (fewer only for images split into rows of more than
+    :func:`plan`'s tiles: fewer only for images split into rows of more than
     :data:`TILE_COLUMN_BYTES` of columns when ``C_in*K`` is huge, or for a
-    bound below one fixed tile).  Neither the bound from one fixed tile up
-    nor the threads change it, so the fused forward's results depend on
-    neither.
+    bound below one fixed tile.  So neither a bound from one fixed tile up
+    nor the threads change the tiles, nor the fused forward's results.  (What
+    one fixed tile costs includes the kernel set's workspace, which may grow
+    with the threads, e.g. col2im's scratch: at a bound within that margin
+    the thread count can shrink the tiles, as it shrinks :func:`plan`'s.)
+
+    Parameters
+    ----------
+    geom : Geometry
+    itemsize : int
+        Bytes per column element.
+
+    Returns
+    -------
+    int
+        Output pixels per tile, ``1 <= n <= geom.out_pixels``.
     """
     per_pixel = max(1, geom.in_channels * geom.taps * itemsize)
     return max(1, min(geom.out_pixels, max(PIXEL_TILE_MIN, PIXEL_TILE_BYTES // per_pixel)))
@@ -560,9 +574,11 @@ def forward(ks, input, offset, mask, weight, bias, geom, dtype):
     if geom.batch == 0:
         return out.reshape(shape4)
     with parallel.single_threaded_blas(_host_blas(ks)):
-        # fused only where refdcn sets the BLAS's threads: else each tile's products
-        # would start the BLAS's own threads on top of refdcn's
-        if ks.im2col_pixels is None or not parallel.blas_is_controllable():
+        # fused only where refdcn sets the BLAS's threads (NumPy's BLAS, through
+        # threadpoolctl): else each tile's products would start the BLAS's own threads
+        # on top of refdcn's
+        if (ks.im2col_pixels is None or not _host_blas(ks)
+                or not parallel.blas_is_controllable()):
             _forward_tiles(ks, out, input, offset, mask, weight, geom, dtype)
         else:
             _forward_fused(ks, out, input, offset, mask, weight, geom, dtype)

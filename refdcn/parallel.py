@@ -147,7 +147,9 @@ class _Job:
             _inside.task = outer
 
 
-#: ``_inside.task`` is true in a thread while it runs tasks of :func:`run`.
+#: ``_inside.task`` is true in a thread while it runs tasks of a parallel :func:`run`
+#: (one handed to the pool; tasks run in the calling thread alone do not set it, so a
+#: call nested in them may use the pool, which is then idle).
 _inside = threading.local()
 
 
@@ -218,8 +220,8 @@ def run(n, task, threads=None):
     in parallel (Numba ``nogil=True``, Cython ``with nogil``).  Tasks may run
     in any order and on any thread.  The first exception raised by a task is
     re-raised here, after every started task has finished.  Called from a
-    task (nested), it runs every task in the calling thread: the threads are
-    busy with the outer call already.  In the calling thread alone (one
+    task of a parallel call (nested), it runs every task in the calling
+    thread: the threads are busy with the outer call already.  In the calling thread alone (one
     thread, one task, or nested) the tasks run in order, and an exception
     stops them.
 

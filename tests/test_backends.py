@@ -376,7 +376,8 @@ def test_fused_forward_tiles(backend, dtype, monkeypatch):
     25-pixel images, on 1, 2 and 3 threads and with bounds of 1 and 3 images: bitwise the
     same every way, one sampling call per tile, and every output element the product of
     the columns that the unfused im2col samples, within the a-priori bound of a dot
-    product of ``Cg*K`` terms, gamma_n * |W| @ |columns| (Higham, eq. 3.5)."""
+    product of ``Cg*K`` terms, gamma_n * |W| @ |columns| (Higham, eq. 3.5), plus the same
+    bound in float64 for the float64 product it is compared with."""
     from refdcn import parallel
     from refdcn.tolerances import gamma
     case = make_case(seed=21, batch=3, in_channels=4, out_channels=6, height=5, width=4,
@@ -416,4 +417,33 @@ def test_fused_forward_tiles(backend, dtype, monkeypatch):
     exact = np.einsum("gok,bgpk->bgop", wmat, cols)
     scale = np.einsum("gok,bgpk->bgop", np.abs(wmat), np.abs(cols))
     got = results[0].reshape(exact.shape)
-    assert (np.abs(got - exact) <= gamma(cols.shape[-1], dtype) * scale).all()
+    n = cols.shape[-1]
+    assert (np.abs(got - exact) <= (gamma(n, dtype) + gamma(n, np.float64)) * scale).all()
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_forward_unfused_without_a_controllable_blas(backend, monkeypatch):
+    """Without threadpoolctl's control of the BLAS, or with a matmul hook other than
+    NumPy's, the forward does not fuse (each tile's products would start the BLAS's own
+    threads beside refdcn's): im2col_pixels is never called, and the result is the unfused
+    forward's, bit for bit."""
+    from refdcn import parallel
+    case = make_case(seed=22, batch=2, in_channels=4, out_channels=4, height=5, width=6,
+                     kernel=(2, 3), groups=2, offset_groups=2).astype(np.float32)
+    geom = refdcn.geometry.check_arguments(*case.args())
+    kernels = backends.get(backend).KERNELS
+    calls = []
+    fused = dataclasses.replace(kernels, im2col_pixels=lambda *a: (calls.append(a),
+                                                                   kernels.im2col_pixels(*a)))
+    args = [np.ascontiguousarray(a) for a in (case.input, case.offset, case.mask, case.weight)]
+    unfused = driver.forward(dataclasses.replace(kernels, im2col_pixels=None), *args, None,
+                             geom, np.float32)
+    other_matmul = dataclasses.replace(fused, matmul=lambda *a, **k: driver.numpy_matmul(*a, **k))
+    assert driver.forward(other_matmul, *args, None, geom, np.float32).tobytes() == \
+        unfused.tobytes()
+    monkeypatch.setattr(parallel, "_blas_libraries", [])              # as with an unknown BLAS
+    assert driver.forward(fused, *args, None, geom, np.float32).tobytes() == unfused.tobytes()
+    assert calls == []
+    monkeypatch.undo()
+    driver.forward(fused, *args, None, geom, np.float32)
+    assert len(calls) == geom.batch                                   # fused again

@@ -2,6 +2,7 @@
 
 import multiprocessing
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -206,15 +207,17 @@ def test_products_stay_in_the_caller_without_a_controllable_blas(monkeypatch):
 
 def test_a_nested_call_runs_in_the_calling_thread():
     """run() called from a task runs its tasks in that task's thread (the pool is busy
-    with the outer call), each exactly once."""
+    with the outer call), each exactly once: with idle workers to spare (a pool of 4) and
+    inner tasks that wait, a nested call that used the pool would spread its tasks."""
+    parallel.run(4, lambda i: time.sleep(0.01), threads=4)      # the pool has 3 workers
     inner = {}
     barrier = threading.Barrier(2, timeout=10)
 
     def outer(i):
         barrier.wait()               # both outer tasks in flight: two threads
         me = threading.get_ident()
-        parallel.run(5, lambda j: inner.setdefault((i, j), set()).add(threading.get_ident()),
-                     threads=2)
-        assert all(inner[(i, j)] == {me} for j in range(5))
+        parallel.run(6, lambda j: (inner.setdefault((i, j), set()).add(threading.get_ident()),
+                                   time.sleep(0.005)), threads=4)
+        assert all(inner[(i, j)] == {me} for j in range(6))
     parallel.run(2, outer, threads=2)
-    assert sorted(inner) == [(i, j) for i in range(2) for j in range(5)]
+    assert sorted(inner) == [(i, j) for i in range(2) for j in range(6)]

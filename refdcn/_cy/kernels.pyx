@@ -203,9 +203,10 @@ def im2col(const real[:, :, ::1] padded, const real[:, :, ::1] offset,
 
     ``columns`` (B, G, n, K*Cg) holds the output pixels ``pixel0 .. pixel0+n-1``
     (all of them: ``pixel0 = 0``, ``n = P``).  Tasks: (image ``b``, output
-    pixels ``pixel0 + [i*chunk, (i+1)*chunk)``), ``t = b*chunks + i``.  Per sample: located once, its corner weights once,
-    then :func:`weighted_sum` over the contiguous channels of its offset group
-    (split by convolution group), in double, times the mask, rounded once.
+    pixels ``pixel0 + [i*chunk, (i+1)*chunk)``), ``t = b*chunks + i``.  Per
+    sample: located once, its corner weights once, then :func:`weighted_sum`
+    over the contiguous channels of its offset group (split by convolution
+    group), in double, times the mask, rounded once.
     """
     cdef Geom g_ = _geom(geo)
     cdef Geom* gm = &g_

@@ -446,7 +446,9 @@ def im2col_pixels(input, offset, mask, geom, tile, image, pixel0, padded=None):
     Parameters
     ----------
     input, offset, mask, padded : as for :func:`im2col` (all the images of the block)
-    tile : ndarray, shape (groups, n, K * C_in/groups), out
+    geom : Geometry
+        The block's geometry (whole images).
+    tile : ndarray, shape (groups, n, K * C_in/groups), C-contiguous, out
         ``tile[g, i]`` is :func:`im2col`'s ``columns[image, g, pixel0 + i]``.
     image : int
         The image within the block.

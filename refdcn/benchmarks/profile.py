@@ -199,7 +199,9 @@ def gemm_alone_rate(calls, repeats, warmup, as_tasks=False):
 
     from .cpu import median_times
     from .. import parallel
-    tasks = [(a, b, out, kw) for a, b, out, kw, count in operands for _ in range(count)]
+    # as tasks, each product has its own output (they run at the same time)
+    tasks = [(a, b, out.copy() if as_tasks else out, kw)
+             for a, b, out, kw, count in operands for _ in range(count)]
 
     def run():
         if as_tasks:
