@@ -24,9 +24,12 @@ def _pyproject():
         return tomllib.load(f)["project"]
 
 
-def test_core_dependencies_are_numpy_and_numba_only():
+def test_core_dependencies_are_numpy_numba_and_threadpoolctl_only():
+    """threadpoolctl (pure Python, no dependencies) lets the driver run the BLAS on one
+    thread per product (refdcn/parallel.py): without it the BLAS keeps its own threads,
+    whose results differ in the last bits, and the forward does not fuse."""
     names = {re.split(r"[<>=!~ \[]", d)[0].lower() for d in _pyproject()["dependencies"]}
-    assert names == {"numpy", "numba"}
+    assert names == {"numpy", "numba", "threadpoolctl"}
 
 
 def test_every_named_extra_exists_and_test_installs_the_peers():
