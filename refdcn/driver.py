@@ -573,12 +573,12 @@ def forward(ks, input, offset, mask, weight, bias, geom, dtype):
     shape4 = (geom.batch, geom.out_channels, geom.out_h, geom.out_w)
     if geom.batch == 0:
         return out.reshape(shape4)
-    with parallel.single_threaded_blas(_host_blas(ks)):
+    host = _host_blas(ks)
+    with parallel.single_threaded_blas(host):
         # fused only where refdcn sets the BLAS's threads (NumPy's BLAS, through
         # threadpoolctl): else each tile's products would start the BLAS's own threads
         # on top of refdcn's
-        if (ks.im2col_pixels is None or not _host_blas(ks)
-                or not parallel.blas_is_controllable()):
+        if ks.im2col_pixels is None or not host or not parallel.blas_is_controllable():
             _forward_tiles(ks, out, input, offset, mask, weight, geom, dtype)
         else:
             _forward_fused(ks, out, input, offset, mask, weight, geom, dtype)

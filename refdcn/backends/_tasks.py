@@ -89,6 +89,23 @@ def flat(array, geom):
     return array.reshape(array.shape[0], array.shape[1], geom.out_pixels)
 
 
+def one_image(input, offset, mask, geom, image, padded, copy):
+    """Image ``image`` of a block as one-image arrays, for a serial kernel call.
+
+    Returns ``(padded, offset, mask)``: its padded channels-last plane
+    (``padded[image]``, or ``copy(input[image])`` when ``padded`` is None, with
+    ``copy`` a backend's :func:`channels_last`), and its offset and mask as
+    (1, X, P) (None stays None).
+    """
+    if padded is None:
+        padded, first = copy(input[image:image + 1]), 0
+    else:
+        first = image
+    mask = flat(mask, geom)
+    return (padded[first:first + 1], flat(offset, geom)[image:image + 1],
+            None if mask is None else mask[image:image + 1])
+
+
 def row_stride(length, itemsize):
     """Row length >= ``length`` spanning an odd number of 64-byte cache lines.
 

@@ -131,14 +131,7 @@ def channels_last(input):
 def im2col(input, offset, mask, geom, columns, padded=None):
     """Channels-last deformable im2col (the ``"channels_last"`` layout of :mod:`refdcn.driver`).
 
-    Parameters
-    ----------
-    input : ndarray, shape (B, C_in, H, W)
-    offset : ndarray, shape (B, 2*D*K, H_out, W_out)
-    mask : ndarray, shape (B, D*K, H_out, W_out), or None
-    columns : ndarray, shape (B, groups, H_out*W_out, K * C_in/groups), out
-    padded : ndarray, optional
-        ``channels_last(input)``, if the caller already has it.
+    Arguments, shapes and values as :func:`refdcn.backends.numba_cpu.im2col`.
     """
     if columns.size == 0:
         return
@@ -155,15 +148,11 @@ def im2col_pixels(input, offset, mask, geom, tile, image, pixel0, padded=None):
     The fused forward's sampling step (:attr:`refdcn.driver.KernelSet.im2col_pixels`);
     arguments as for :func:`refdcn.backends.numba_cpu.im2col_pixels`.
     """
-    if padded is None:
-        padded, first = channels_last(input[image:image + 1]), 0
-    else:
-        first = image
-    offset = _flat(offset, geom)
+    padded, offset, mask = _tasks.one_image(input, offset, mask, geom, image, padded,
+                                            channels_last)
     mask, has_mask = _mask(mask, offset, geom)
-    _kernels.im2col(padded[first:first + 1], offset[image:image + 1], mask[image:image + 1],
-                    has_mask, _tasks.kernel_record(geom), tile[None], pixel0,
-                    max(1, tile.shape[1]), 0, 1)
+    _kernels.im2col(padded, offset, mask, has_mask, _tasks.kernel_record(geom), tile[None],
+                    pixel0, max(1, tile.shape[1]), 0, 1)
 
 
 def col2im(grad_columns, offset, mask, geom, grad_input, padded=None, block=None):

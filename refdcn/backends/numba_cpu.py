@@ -455,14 +455,8 @@ def im2col_pixels(input, offset, mask, geom, tile, image, pixel0, padded=None):
     pixel0 : int
         The first output pixel (``oy*W_out + ox``).
     """
-    if padded is None:
-        padded, first = channels_last(input[image:image + 1]), 0
-    else:
-        first = image
-    mask = _flat(mask, geom)
-    _im2col.serial(padded[first:first + 1], _flat(offset, geom)[image:image + 1],
-                   None if mask is None else mask[image:image + 1], _tasks.kernel_record(geom),
-                   tile[None], pixel0, max(1, tile.shape[1]), 0, 1)
+    _im2col.serial(*_tasks.one_image(input, offset, mask, geom, image, padded, channels_last),
+                   _tasks.kernel_record(geom), tile[None], pixel0, max(1, tile.shape[1]), 0, 1)
 
 
 channel_block = _tasks.channel_block
